@@ -1,0 +1,105 @@
+"""Top-K recommendation with the LLM: beam search over SID codes, constrained to the catalogue's
+prefix trie or free (to measure how often the model spells a real item on its own).
+
+A SID has a fixed number of code tokens, so the search is short and written out here rather than
+through `generate(num_beams=...)`: HF beam search copies every prompt num_beams times *before*
+the prefill, which costs num_beams full prompt passes; here each prompt is prefilled once and
+only its KV cache is repeated. One prefill also serves both the constrained and the free search.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from tokenizer_ext.sid import SID_BEGIN, TokenTrie
+
+
+@dataclass
+class BeamOutput:
+    items: list[list[int]]  # per prompt: catalogue items in beam order (illegal beams dropped)
+    legal: int  # beams that decoded to a catalogue item
+    total: int  # beams returned
+
+
+def generation_prompt(tok, messages: list[dict]) -> str:
+    """The chat prompt, opened at the assistant turn with <|sid_begin|>: the answer is a SID."""
+    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + SID_BEGIN
+
+
+def _allowed_mask(trie: TokenTrie, prefixes: list[list[int]], vocab: int) -> torch.Tensor:
+    mask = torch.zeros(len(prefixes), vocab, dtype=torch.bool)
+    for r, p in enumerate(prefixes):
+        ids = trie.allowed_after(p)
+        if ids:
+            mask[r, ids] = True
+    return mask
+
+
+@torch.no_grad()
+def trie_beam_search(model, prefill, attn: torch.Tensor, trie: TokenTrie, num_beams: int, constrained: bool):
+    """Beam search over `trie.levels` code tokens after a prefilled prompt batch.
+    Returns tokens (B, num_beams, levels) and scores (B, num_beams); -inf scores are dead beams."""
+    cache = copy.deepcopy(prefill.past_key_values)
+    logp = torch.log_softmax(prefill.logits[:, -1].float(), dim=-1)
+    B, V = logp.shape
+    if constrained:
+        logp = logp.masked_fill(~_allowed_mask(trie, [[]] * B, V), -torch.inf)
+    scores, first = logp.topk(num_beams, dim=-1)  # (B, k)
+    tokens = first.unsqueeze(-1)
+    cache.batch_repeat_interleave(num_beams)
+    attn = attn.repeat_interleave(num_beams, dim=0)
+    pos = attn.sum(-1, keepdim=True) - 1  # last prompt position of each row (left padding)
+    for _ in range(1, trie.levels):
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
+        pos = pos + 1
+        out = model(
+            input_ids=tokens[:, :, -1].reshape(-1, 1), attention_mask=attn, position_ids=pos,
+            past_key_values=cache, use_cache=True,
+        )
+        logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        if constrained:
+            logp = logp.masked_fill(~_allowed_mask(trie, tokens.reshape(B * num_beams, -1).tolist(), V), -torch.inf)
+        total = (scores.reshape(-1, 1) + logp).view(B, num_beams * V)
+        scores, flat = total.topk(num_beams, dim=-1)
+        parent, tok_id = flat // V, flat % V
+        tokens = torch.cat([tokens.gather(1, parent.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])), tok_id.unsqueeze(-1)], -1)
+        rows = (parent + torch.arange(B).unsqueeze(1) * num_beams).reshape(-1)
+        cache.reorder_cache(rows)
+        attn, pos = attn[rows], pos[rows]
+    return tokens, scores
+
+
+@torch.no_grad()
+def beam_recommend(
+    model, tok, trie: TokenTrie, index_lookup, prompts: list[list[dict]], num_beams: int,
+    batch_size: int = 8, modes: tuple[bool, ...] = (True, False), desc: str = "beam search",
+) -> dict[bool, BeamOutput]:
+    """Top items per prompt for each mode (True = constrained to the trie, False = free)."""
+    tok.padding_side = "left"
+    results = {m: BeamOutput([], 0, 0) for m in modes}
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc):
+        texts = [generation_prompt(tok, m) for m in prompts[start : start + batch_size]]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        prefill = model(**enc, position_ids=pos, use_cache=True)
+        for mode in modes:
+            tokens, scores = trie_beam_search(model, prefill, enc["attention_mask"], trie, num_beams, mode)
+            res = results[mode]
+            for row_tokens, row_scores in zip(tokens.tolist(), scores.tolist()):
+                found: list[int] = []
+                for beam, score in zip(row_tokens, row_scores):
+                    if score == -float("inf"):
+                        continue
+                    code = trie.decode_codes(beam)
+                    item = index_lookup(code) if code is not None else None
+                    res.total += 1
+                    if item is not None:
+                        res.legal += 1
+                        if item not in found:
+                            found.append(item)
+                res.items.append(found)
+    return results

@@ -1,0 +1,60 @@
+"""Chat samples -> token ids with answer-only labels, and a left-padding collator.
+
+Left padding puts every answer at the end of its row, so the model only needs logits for the
+last `keep` positions (`logits_to_keep`): the LM head over a 49k vocabulary is then computed for
+a handful of positions instead of the whole prompt, a large saving on CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE = -100
+
+
+def encode_chat(tok, messages: list[dict], max_length: int) -> dict:
+    """input_ids and labels (-100 on the prompt) for one chat whose last turn is the answer."""
+    prompt = tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("chat template renders the prompt differently inside the full chat")
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    a_ids = tok(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    if len(a_ids) >= max_length:
+        raise ValueError(f"answer of {len(a_ids)} tokens does not fit max_length={max_length}")
+    p_ids = p_ids[-(max_length - len(a_ids)) :]  # drop the oldest prompt tokens if too long
+    return {"input_ids": p_ids + a_ids, "labels": [IGNORE] * len(p_ids) + a_ids}
+
+
+class LeftPadCollator:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids, labels, mask = [], [], []
+        for r in rows:
+            pad = width - len(r["input_ids"])
+            ids.append([self.pad_id] * pad + list(r["input_ids"]))
+            labels.append([IGNORE] * pad + list(r["labels"]))
+            mask.append([0] * pad + [1] * len(r["input_ids"]))
+        labels_t = torch.tensor(labels)
+        # first position (from the left) holding any label; logits are needed from one before it
+        has_label = (labels_t != IGNORE).any(0).nonzero()
+        first = int(has_label[0]) if len(has_label) else width - 1
+        return {
+            "input_ids": torch.tensor(ids),
+            "attention_mask": torch.tensor(mask),
+            "labels": labels_t,
+            "logits_to_keep": torch.tensor(width - first + 1),
+        }
+
+
+def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over answer tokens, computing logits only where needed."""
+    labels = batch["labels"]
+    keep = min(int(batch["logits_to_keep"]), labels.shape[1])
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+    logits = out.logits[:, :-1].float()  # position t predicts token t+1
+    target = labels[:, labels.shape[1] - keep + 1 :]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)

@@ -1,0 +1,1 @@
+"""Task builders: chat samples (datasets.Dataset) for behaviour and item alignment, and their mixture."""

@@ -1,0 +1,43 @@
+"""Task builders. Each returns a datasets.Dataset with a `messages` column (system, user,
+assistant) and a `task` column; the assistant turn is the only part trained on."""
+
+from __future__ import annotations
+
+import random
+
+from datasets import Dataset as HFDataset
+
+from sft_data.prompts import SYSTEM, behaviour_prompt, item_description
+from thinkrec.data import Dataset
+from tokenizer_ext.sid import SIDIndex
+
+
+def _sample(messages: list[dict], answer: str, task: str) -> dict:
+    return {"messages": [*messages, {"role": "assistant", "content": answer}], "task": task}
+
+
+def behaviour_samples(ds: Dataset, index: SIDIndex, history_len: int, windows_per_user: int) -> HFDataset:
+    """History -> next item, for the newest `windows_per_user` targets of each user's train part
+    (the valid and test targets are never used)."""
+    rows = []
+    for u in ds.users:
+        train = u.train_items()
+        for t in range(len(train) - 1, max(0, len(train) - 1 - windows_per_user), -1):
+            prompt = behaviour_prompt(ds, index, train[:t], history_len)
+            rows.append(_sample(prompt, index.sid(train[t]), "behaviour"))
+    return HFDataset.from_list(rows)
+
+
+def alignment_samples(ds: Dataset, index: SIDIndex, n: int, seed: int) -> HFDataset:
+    """SID -> description and description -> SID, over randomly drawn catalogue items."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        idx = rng.randrange(len(ds.items))
+        sid, desc = index.sid(idx), item_description(ds, idx)
+        system = {"role": "system", "content": SYSTEM}
+        if i % 2 == 0:
+            rows.append(_sample([system, {"role": "user", "content": f"What is {sid}?"}], desc, "sid_to_text"))
+        else:
+            rows.append(_sample([system, {"role": "user", "content": f"Semantic ID of: {desc}"}], sid, "text_to_sid"))
+    return HFDataset.from_list(rows)

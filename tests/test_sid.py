@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from thinkrec.errors import ThinkRecError
+from tokenizer_ext.align import align_embeddings, collaborative_embeddings
+from tokenizer_ext.rq_kmeans import auto_codebook_size, codebook_report, fit_rq_kmeans, reconstruct
+from tokenizer_ext.sid import SIDIndex, find_sids, parse_sid, sid_string
+
+
+def _clustered(n=600, d=32, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(12, d))
+    return (centres[rng.integers(0, 12, n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+
+
+def test_rq_kmeans_codes_are_unique_deterministic_and_reduce_error():
+    x = _clustered()
+    a = fit_rq_kmeans(x, levels=3, k=8, seed=1)
+    b = fit_rq_kmeans(x, levels=3, k=8, seed=1)
+    assert np.array_equal(a.codes, b.codes)
+    assert len({tuple(c) for c in a.codes}) == len(x)
+    assert a.codes.min() >= 0 and a.codes.max() < 8
+    # each level of residual quantisation explains more of the signal
+    errs = [((x - reconstruct(a.codes[:, : lv + 1], a.codebooks[: lv + 1])) ** 2).sum(1).mean() for lv in range(3)]
+    assert errs[0] > errs[1] > errs[2]
+
+
+def test_balanced_levels_use_codes_evenly():
+    x = _clustered()
+    rep = codebook_report(x, fit_rq_kmeans(x, 3, 8, balanced=True))
+    plain = codebook_report(x, fit_rq_kmeans(x, 3, 8, balanced=False))
+    for lv in rep["per_level"]:
+        assert lv["utilisation"] == 1.0
+        assert lv["entropy"] > 0.97 * rep["max_entropy"]
+    assert rep["collisions_resolved"] <= plain["collisions_resolved"]
+
+
+def test_codebook_too_small_is_refused():
+    with pytest.raises(ThinkRecError, match="gives 8 codes"):
+        fit_rq_kmeans(_clustered(n=100), levels=3, k=2)
+    assert auto_codebook_size(1349, 3) == 32
+    assert auto_codebook_size(10, 3) == 8
+
+
+def test_collaborative_embeddings_bring_co_watched_items_together():
+    seqs = [[0, 1, 0, 1, 0, 1], [2, 3, 2, 3, 2, 3], [0, 1, 2, 3]] * 5
+    v = collaborative_embeddings(6, seqs, dim=4)
+    assert v[0] @ v[1] > v[0] @ v[2]
+    aligned = align_embeddings(np.eye(6, 8, dtype=np.float32), seqs, dim=4)
+    assert aligned.shape == (6, 12)
+
+
+def test_sid_strings_and_trie():
+    index = SIDIndex([(0, 1, 2), (0, 1, 3), (1, 0, 0)], levels=3, codebook_size=4)
+    s = sid_string((0, 1, 3))
+    assert s == "<|sid_begin|><s_a_0><s_b_1><s_c_3><|sid_end|>"
+    assert index.item(s) == 1 and index.sid(2) == sid_string((1, 0, 0))
+    assert index.next_codes(()) == {0, 1}
+    assert index.next_codes((0, 1)) == {2, 3}
+    assert index.next_codes((1, 1)) == set()
+    assert find_sids(f"try {s} or {index.sid(0)}.") == [s, index.sid(0)]
+    with pytest.raises(ThinkRecError, match="not in the catalogue"):
+        index.item(sid_string((3, 3, 3)))
+    with pytest.raises(ThinkRecError, match="not a semantic ID"):
+        parse_sid("<s_a_1><s_b_2>")
+    with pytest.raises(ThinkRecError, match="level 2"):
+        parse_sid("<|sid_begin|><s_a_1><s_a_2><s_c_0><|sid_end|>")
+    with pytest.raises(ThinkRecError, match="unknown item index"):
+        index.sid(7)
+    with pytest.raises(ThinkRecError, match="duplicate"):
+        SIDIndex([(0, 0, 0), (0, 0, 0)], 3, 4)

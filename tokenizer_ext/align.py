@@ -1,0 +1,49 @@
+"""Collaborative alignment of item embeddings.
+
+The OneRec report aligns item representations with an item-to-item contrastive loss over
+co-occurring pairs. Skip-gram-style contrastive training with negative sampling converges to a
+factorisation of the shifted pointwise mutual information (PMI) of those pairs (Levy & Goldberg,
+2014), so the collaborative part is computed in closed form: positive PMI of items seen within a
+short window of each other in users' train sequences, factorised by truncated SVD. That takes a
+fraction of a second instead of minutes of SGD on two cores, and is deterministic.
+
+The aligned vector is [content ; weight * collaborative], each half L2-normalised, so codes
+quantised from it group items that are alike in content and watched together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cooccurring_pairs(sequences: list[list[int]], window: int = 3) -> np.ndarray:
+    pairs = [(s[i], s[j]) for s in sequences for i in range(len(s)) for j in range(i + 1, min(len(s), i + 1 + window))]
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def collaborative_embeddings(n_items: int, sequences: list[list[int]], dim: int = 64, window: int = 3) -> np.ndarray:
+    """Rows: L2-normalised item vectors from the SVD of the positive-PMI co-occurrence matrix."""
+    pairs = cooccurring_pairs(sequences, window)
+    counts = np.zeros((n_items, n_items), dtype=np.float64)
+    np.add.at(counts, (pairs[:, 0], pairs[:, 1]), 1.0)
+    counts += counts.T  # co-occurrence is symmetric
+    total = counts.sum()
+    if total == 0:
+        return np.zeros((n_items, dim), dtype=np.float32)
+    row = counts.sum(1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pmi = np.log(counts * total / (row @ row.T))
+    ppmi = np.nan_to_num(np.maximum(pmi, 0.0), nan=0.0, posinf=0.0, neginf=0.0)
+    u, s, _ = np.linalg.svd(ppmi, hermitian=True)
+    dim = min(dim, n_items)
+    vec = u[:, :dim] * np.sqrt(s[:dim])
+    return _normalise(vec).astype(np.float32)
+
+
+def align_embeddings(content: np.ndarray, sequences: list[list[int]], weight: float = 1.0, dim: int = 64) -> np.ndarray:
+    collab = collaborative_embeddings(len(content), sequences, dim)
+    return np.concatenate([_normalise(content), weight * collab], axis=1).astype(np.float32)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
