@@ -21,7 +21,9 @@ def popularity_rank(train_sequences: list[list[int]], histories: list[list[int]]
 
 
 class SASRec(torch.nn.Module):
-    def __init__(self, n_items: int, dim: int = 64, max_len: int = 50, layers: int = 2, heads: int = 2, dropout: float = 0.2):
+    def __init__(
+        self, n_items: int, dim: int = 64, max_len: int = 50, layers: int = 2, heads: int = 2, dropout: float = 0.2
+    ):
         super().__init__()
         self.max_len = max_len
         self.item = torch.nn.Embedding(n_items + 1, dim, padding_idx=0)  # index 0 = padding
@@ -30,12 +32,15 @@ class SASRec(torch.nn.Module):
         self.encoder = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = torch.nn.LayerNorm(dim)
         self.drop = torch.nn.Dropout(dropout)
+        for p in self.parameters():  # xavier, as the reference SASRec: N(0, 1) embeddings train far slower
+            if p.dim() > 1:
+                torch.nn.init.xavier_normal_(p)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """seq: (B, L) item ids + 1, left-padded with 0. Returns (B, L, n_items) next-item logits."""
         L = seq.shape[1]
         h = self.drop(self.item(seq) * self.item.embedding_dim**0.5 + self.pos(torch.arange(L)))
-        causal = torch.nn.Transformer.generate_square_subsequent_mask(L)
+        causal = torch.ones(L, L, dtype=torch.bool).triu(1)  # True = may not attend (future)
         h = self.norm(self.encoder(h, mask=causal, src_key_padding_mask=seq == 0, is_causal=True))
         return h @ self.item.weight[1:].T
 
@@ -49,13 +54,19 @@ def _left_pad(seqs: list[list[int]], L: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def train_sasrec(n_items: int, train_sequences: list[list[int]], epochs: int = 60, seed: int = 0, batch: int = 128) -> SASRec:
+def train_sasrec(
+    n_items: int, train_sequences: list[list[int]], epochs: int = 60, seed: int = 0, batch: int = 128
+) -> SASRec:
     torch.manual_seed(seed)
     model = SASRec(n_items)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    # every position of every train sequence predicts the next item
-    seqs = [s for s in train_sequences if len(s) > 1]
+    # every position of every train sequence predicts the next item: long sequences are cut,
+    # from the newest end, into overlapping windows of max_len + 1 so no transition is lost
     L = model.max_len + 1
+    seqs = []
+    for s in train_sequences:
+        for end in range(len(s), 1, -model.max_len):
+            seqs.append(s[max(0, end - L) : end])
     for epoch in tqdm(range(epochs), desc="SASRec"):
         model.train()
         perm = np.random.default_rng(seed + epoch).permutation(len(seqs))

@@ -30,24 +30,41 @@ def generation_prompt(tok, messages: list[dict]) -> str:
     return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + SID_BEGIN
 
 
-def _allowed_mask(trie: TokenTrie, prefixes: list[list[int]], vocab: int) -> torch.Tensor:
+def _allowed_mask(
+    trie: TokenTrie, prefixes: list[list[int]], vocab: int, excluded: list[set[tuple[int, ...]]] | None = None
+) -> torch.Tensor:
+    """Rows' allowed next tokens; `excluded[r]` holds codes row r may not complete (seen items)."""
     mask = torch.zeros(len(prefixes), vocab, dtype=torch.bool)
     for r, p in enumerate(prefixes):
         ids = trie.allowed_after(p)
         if ids:
             mask[r, ids] = True
+        if excluded and excluded[r] and len(p) == trie.levels - 1:
+            head = tuple(trie.code_of_id[t][1] for t in p)
+            for code in excluded[r]:
+                if code[:-1] == head:
+                    mask[r, trie.level_ids[-1][code[-1]]] = False
     return mask
 
 
 @torch.no_grad()
-def trie_beam_search(model, prefill, attn: torch.Tensor, trie: TokenTrie, num_beams: int, constrained: bool):
-    """Beam search over `trie.levels` code tokens after a prefilled prompt batch.
+def trie_beam_search(
+    model,
+    prefill,
+    attn: torch.Tensor,
+    trie: TokenTrie,
+    num_beams: int,
+    constrained: bool,
+    excluded: list[set[tuple[int, ...]]] | None = None,
+):
+    """Beam search over `trie.levels` code tokens after a prefilled prompt batch. Constrained,
+    `excluded[b]` (codes of items prompt b has seen) are never completed, so no beam is spent on them.
     Returns tokens (B, num_beams, levels) and scores (B, num_beams); -inf scores are dead beams."""
     cache = copy.deepcopy(prefill.past_key_values)
     logp = torch.log_softmax(prefill.logits[:, -1].float(), dim=-1)
     B, V = logp.shape
     if constrained:
-        logp = logp.masked_fill(~_allowed_mask(trie, [[]] * B, V), -torch.inf)
+        logp = logp.masked_fill(~_allowed_mask(trie, [[]] * B, V).to(logp.device), -torch.inf)
     scores, first = logp.topk(num_beams, dim=-1)  # (B, k)
     tokens = first.unsqueeze(-1)
     cache.batch_repeat_interleave(num_beams)
@@ -57,17 +74,24 @@ def trie_beam_search(model, prefill, attn: torch.Tensor, trie: TokenTrie, num_be
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
         pos = pos + 1
         out = model(
-            input_ids=tokens[:, :, -1].reshape(-1, 1), attention_mask=attn, position_ids=pos,
-            past_key_values=cache, use_cache=True,
+            input_ids=tokens[:, :, -1].reshape(-1, 1),
+            attention_mask=attn,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
         )
         logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         if constrained:
-            logp = logp.masked_fill(~_allowed_mask(trie, tokens.reshape(B * num_beams, -1).tolist(), V), -torch.inf)
+            per_row = [e for e in excluded for _ in range(num_beams)] if excluded else None
+            prefixes = tokens.reshape(B * num_beams, -1).tolist()
+            logp = logp.masked_fill(~_allowed_mask(trie, prefixes, V, per_row).to(logp.device), -torch.inf)
         total = (scores.reshape(-1, 1) + logp).view(B, num_beams * V)
         scores, flat = total.topk(num_beams, dim=-1)
         parent, tok_id = flat // V, flat % V
-        tokens = torch.cat([tokens.gather(1, parent.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])), tok_id.unsqueeze(-1)], -1)
-        rows = (parent + torch.arange(B).unsqueeze(1) * num_beams).reshape(-1)
+        tokens = torch.cat(
+            [tokens.gather(1, parent.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])), tok_id.unsqueeze(-1)], -1
+        )
+        rows = (parent + torch.arange(B, device=parent.device).unsqueeze(1) * num_beams).reshape(-1)
         cache.reorder_cache(rows)
         attn, pos = attn[rows], pos[rows]
     return tokens, scores
@@ -75,23 +99,33 @@ def trie_beam_search(model, prefill, attn: torch.Tensor, trie: TokenTrie, num_be
 
 @torch.no_grad()
 def beam_recommend(
-    model, tok, trie: TokenTrie, index_lookup, prompts: list[list[dict]], num_beams: int,
-    batch_size: int = 8, modes: tuple[bool, ...] = (True, False), desc: str = "beam search",
+    model,
+    tok,
+    trie: TokenTrie,
+    index_lookup,
+    prompts: list[list[dict]],
+    num_beams: int,
+    batch_size: int = 8,
+    modes: tuple[bool, ...] = (True, False),
+    desc: str = "beam search",
+    exclude: list[set[tuple[int, ...]]] | None = None,
 ) -> dict[bool, BeamOutput]:
-    """Top items per prompt for each mode (True = constrained to the trie, False = free)."""
+    """Top items per prompt for each mode (True = constrained to the trie, False = free).
+    `exclude[i]`: codes the constrained search must not return for prompt i (its seen items)."""
     tok.padding_side = "left"
     results = {m: BeamOutput([], 0, 0) for m in modes}
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc):
         texts = [generation_prompt(tok, m) for m in prompts[start : start + batch_size]]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         prefill = model(**enc, position_ids=pos, use_cache=True)
         for mode in modes:
-            tokens, scores = trie_beam_search(model, prefill, enc["attention_mask"], trie, num_beams, mode)
+            excluded = exclude[start : start + batch_size] if exclude and mode else None
+            tokens, scores = trie_beam_search(model, prefill, enc["attention_mask"], trie, num_beams, mode, excluded)
             res = results[mode]
-            for row_tokens, row_scores in zip(tokens.tolist(), scores.tolist()):
+            for row_tokens, row_scores in zip(tokens.tolist(), scores.tolist(), strict=True):
                 found: list[int] = []
-                for beam, score in zip(row_tokens, row_scores):
+                for beam, score in zip(row_tokens, row_scores, strict=True):
                     if score == -float("inf"):
                         continue
                     code = trie.decode_codes(beam)

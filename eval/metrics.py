@@ -13,7 +13,7 @@ def rank_metrics(ranked: list[list[int]], targets: list[int], ks: list[int]) -> 
     n = max(1, len(targets))
     for k in ks:
         hits, ndcg = 0.0, 0.0
-        for items, t in zip(ranked, targets):
+        for items, t in zip(ranked, targets, strict=True):
             top = items[:k]
             if t in top:
                 hits += 1

@@ -52,15 +52,23 @@ def run_eval(cfg: EvalConfig, run: RunDir, model_dir: str = "") -> dict:
     trie = TokenTrie(index, tok)
     prompts = [behaviour_prompt(ds, index, h, history_len) for h in histories]
     t = time.time()
-    beams = beam_recommend(model, tok, trie, index.lookup, prompts, cfg.num_beams, cfg.eval_batch_size)
+    seen = [{index.codes[i] for i in h} for h in histories]  # like the baselines, never re-recommend
+    beams = beam_recommend(model, tok, trie, index.lookup, prompts, cfg.num_beams, cfg.eval_batch_size, exclude=seen)
     seconds = time.time() - t
     for constrained, name in ((True, "thinkrec"), (False, "thinkrec_unconstrained")):
         out = beams[constrained]
-        ranked = [[i for i in found if i not in set(h)][:kmax] for found, h in zip(out.items, histories)]
+        ranked = [[i for i in found if i not in set(h)][:kmax] for found, h in zip(out.items, histories, strict=True)]
         results[name] = rank_metrics(ranked, targets, ks)
         results[name]["legality"] = out.legal / max(1, out.total)
     results["thinkrec"]["seconds"] = seconds
-    report = {"split": cfg.split, "users": len(users), "ks": ks, "num_beams": cfg.num_beams, "model": str(path), "results": results}
+    report = {
+        "split": cfg.split,
+        "users": len(users),
+        "ks": ks,
+        "num_beams": cfg.num_beams,
+        "model": str(path),
+        "results": results,
+    }
     out = run.sub("eval")
     (out / f"metrics_{cfg.split}.json").write_text(json.dumps(report, indent=2))
     run.record(f"eval_{cfg.split}", cfg, {"metrics": f"eval/metrics_{cfg.split}.json"})

@@ -24,7 +24,7 @@ from sft_data.stage import load_sft_data
 from thinkrec.config import TrainConfig
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
-from tokenizer_ext.sid import sid_tokens
+from tokenizer_ext.sid import MODEL_SID_FILE, sid_tokens
 from tokenizer_ext.stage import load_index
 
 
@@ -79,6 +79,7 @@ def run_train(cfg: TrainConfig, run: RunDir) -> dict:
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
     )
     trainer = AnswerOnlyTrainer(
@@ -88,15 +89,6 @@ def run_train(cfg: TrainConfig, run: RunDir) -> dict:
     if resume:
         print(f"resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
-
-    final = trainer.model
-    if cfg.lora:
-        final = final.merge_and_unload()
-    final.save_pretrained(out / "model")
-    tok.save_pretrained(out / "model")
-    history = trainer.state.log_history
-    (out / "log_history.json").write_text(json.dumps(history, indent=2))
-    plot_loss(history, out / "loss.png")
     summary = {
         "train_samples": len(encoded),
         "steps": trainer.state.global_step,
@@ -104,6 +96,18 @@ def run_train(cfg: TrainConfig, run: RunDir) -> dict:
         "resumed_from": resume,
         "train_runtime_s": result.metrics.get("train_runtime"),
     }
+    if not trainer.is_world_process_zero():
+        return summary  # under `accelerate launch`, one process writes the results
+
+    final = trainer.model
+    if cfg.lora:
+        final = final.merge_and_unload()
+    final.save_pretrained(out / "model")
+    tok.save_pretrained(out / "model")
+    index.save(out / "model" / MODEL_SID_FILE)  # the model folder serves on its own
+    history = trainer.state.log_history
+    (out / "log_history.json").write_text(json.dumps(history, indent=2))
+    plot_loss(history, out / "loss.png")
     run.record("train", cfg, {"model": "sft/model/config.json", "loss_plot": "sft/loss.png"}, summary=summary)
     return summary
 

@@ -26,3 +26,22 @@ def tokenized_run(tmp_path_factory):
     prepare(DataConfig(), run)
     report = run_tokenize(TokenizerConfig(), ModelConfig(), run)
     return run, report
+
+
+# The size CI trains at: enough for the fine-tuned LLM to beat the popularity baseline on the
+# held-out test items of the evaluated users (tests/test_pipeline.py), small enough for 2 cores.
+TEST_TRAIN_STEPS = 300
+TEST_EVAL_USERS = 300
+
+
+@pytest.fixture(scope="session")
+def trained_run(tokenized_run):
+    """The tokenized run, through `sft-data` and `train` on the defaults, for TEST_TRAIN_STEPS steps."""
+    from model.train import run_train
+    from sft_data.stage import run_sft_data
+    from thinkrec.config import SFTDataConfig, TrainConfig
+
+    run, _ = tokenized_run
+    run_sft_data(SFTDataConfig(), run)
+    summary = run_train(TrainConfig(max_steps=TEST_TRAIN_STEPS, save_steps=100), run)
+    return run, summary

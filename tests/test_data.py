@@ -63,6 +63,8 @@ def test_corrupt_or_missing_run_directory(tmp_path):
     (run.path / "manifest.json").write_text("{not json")
     with pytest.raises(ThinkRecError, match="corrupt"):
         load_prepared(run)
-    (run.path / "manifest.json").write_text(json.dumps({"stages": {"data": {"config": {}, "outputs": {"items": "data/items.jsonl"}}}}))
+    (run.path / "manifest.json").write_text(
+        json.dumps({"stages": {"data": {"config": {}, "outputs": {"items": "data/items.jsonl"}}}})
+    )
     with pytest.raises(ThinkRecError, match="incomplete"):
         load_prepared(run)

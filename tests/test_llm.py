@@ -73,9 +73,14 @@ def test_trie_beam_search_matches_hf_constrained_beam_search(extended):
     enc = tok([generation_prompt(tok, p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
     width = enc["input_ids"].shape[1]
     out = model.generate(
-        **enc, max_new_tokens=3, num_beams=10, num_return_sequences=10, do_sample=False,
+        **enc,
+        max_new_tokens=3,
+        num_beams=10,
+        num_return_sequences=10,
+        do_sample=False,
         prefix_allowed_tokens_fn=lambda _b, ids: trie.allowed_after(ids[width:].tolist()),
-        pad_token_id=tok.pad_token_id, eos_token_id=None,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=None,
     )
     hf = [[index.lookup(trie.decode_codes(b)) for b in row] for row in out[:, width:].view(2, 10, -1).tolist()]
     assert hf == ours[True].items

@@ -7,7 +7,7 @@ from tokenizer_ext.rq_kmeans import auto_codebook_size, codebook_report, fit_rq_
 from tokenizer_ext.sid import SIDIndex, find_sids, parse_sid, sid_string
 
 
-def _clustered(n=600, d=32, seed=0):
+def _clustered(n=400, d=32, seed=0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(12, d))
     return (centres[rng.integers(0, 12, n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)

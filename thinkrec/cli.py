@@ -12,7 +12,15 @@ import sys
 import time
 from typing import Any
 
-from thinkrec.config import DataConfig, EvalConfig, ModelConfig, SFTDataConfig, TokenizerConfig, TrainConfig
+from thinkrec.config import (
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    ServeConfig,
+    SFTDataConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
 
@@ -30,6 +38,8 @@ HELP = {
     "train": "SFT the extended LLM (LoRA or full), with checkpoints and resume",
     "eval": "Recall/NDCG/legality of the LLM against popularity and SASRec",
     "demo": "run every stage in order on the defaults",
+    "serve": "serve a run through vLLM's OpenAI-compatible server (trie-constrained SIDs, chat page)",
+    "chat": "chat with a running server in the terminal",
 }
 
 
@@ -64,7 +74,17 @@ def parser() -> argparse.ArgumentParser:
         for cls in classes:
             _add_flags(sp, cls, taken)
         if name == "eval":
-            sp.add_argument("--model-dir", default="", help="evaluate this HF folder instead of the run's trained model")
+            sp.add_argument(
+                "--model-dir", default="", help="evaluate this HF folder instead of the run's trained model"
+            )
+    sp = sub.add_parser("serve", help=HELP["serve"], description=HELP["serve"])
+    sp.add_argument("run_dir", nargs="?", default="runs/demo", help="run directory (default: runs/demo)")
+    _add_flags(sp, ServeConfig, set())
+    sp.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after --: extra flags passed to vLLM as they are")
+    sp = sub.add_parser("chat", help=HELP["chat"], description=HELP["chat"])
+    sp.add_argument("--url", default="http://127.0.0.1:8000", help="server address")
+    sp.add_argument("--user-id", required=True, help="the data set's user id whose history the chat starts from")
+    sp.add_argument("--k", type=int, default=3, help="items per answer")
     return p
 
 
@@ -94,8 +114,18 @@ def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    run = RunDir(args.run_dir)
     try:
+        if args.command == "serve":
+            from serve.launch import run_server
+
+            extra = [a for a in args.vllm_args if a != "--"]
+            return run_server(args.run_dir, _build(ServeConfig, args), extra)
+        if args.command == "chat":
+            from serve.client import terminal_chat
+
+            terminal_chat(args.url, args.user_id, args.k)
+            return 0
+        run = RunDir(args.run_dir)
         for name in STAGE_CONFIGS if args.command == "demo" else [args.command]:
             _stage(name, args, run)
     except ThinkRecError as e:

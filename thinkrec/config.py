@@ -42,11 +42,11 @@ class SFTDataConfig:
 
 @dataclass
 class TrainConfig:
-    lora: bool = False  # LoRA adapters (peft) instead of a full fine-tune
+    lora: bool = True  # LoRA adapters (peft) instead of a full fine-tune
     lora_rank: int = 16
     epochs: float = 1.0
     max_steps: int = -1  # overrides epochs when > 0
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     batch_size: int = 8
     grad_accum: int = 1
     max_length: int = 384
@@ -70,3 +70,15 @@ class EvalConfig:
 
     def k_list(self) -> list[int]:
         return sorted(int(k) for k in self.ks.split(",") if k.strip())
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    dtype: str = "bfloat16"  # vLLM --dtype (auto, bfloat16, float16, float32)
+    max_model_len: int = 1024  # tokens per request (prompt + answer); longer prompts get a 400
+    kv_cache_gib: int = 1  # KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE, whole GiB)
+    max_num_seqs: int = 64  # requests batched together
+    enforce_eager: bool = True  # skip graph compilation: starts in under a minute on CPU
+    model_dir: str = ""  # serve this HF folder; empty = the run's trained model (else its base model)

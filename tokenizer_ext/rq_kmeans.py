@@ -42,8 +42,8 @@ def fit_rq_kmeans(
     x: np.ndarray, levels: int, k: int, iters: int = 50, seed: int = 0, balanced: bool = True
 ) -> RQResult:
     n, d = x.shape
-    if k ** levels < n:
-        raise ThinkRecError(f"codebook_size {k} with {levels} levels gives {k ** levels} codes for {n} items")
+    if k**levels < n:
+        raise ThinkRecError(f"codebook_size {k} with {levels} levels gives {k**levels} codes for {n} items")
     if n < k:
         raise ThinkRecError(f"codebook_size {k} is larger than the catalogue ({n} items)")
     residual = x.astype(np.float32).copy()
@@ -68,20 +68,23 @@ def fit_rq_kmeans(
     return RQResult(codes, books, moved)
 
 
-def _balanced_assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+def _balanced_assign(x: np.ndarray, centroids: np.ndarray, candidates: int = 16) -> np.ndarray:
     """Nearest centroid under a capacity of ceil(n / K) per cluster: (item, centroid) pairs are
-    taken in order of distance, skipping full clusters and items already placed."""
+    taken in order of distance, skipping full clusters and items already placed. Only each item's
+    `candidates` nearest centroids are ranked (memory O(n * candidates), not O(n * K)); the few
+    items whose candidates all fill up go to the nearest cluster with room left."""
     n, k = len(x), len(centroids)
     cap = math.ceil(n / k)
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(centroids)
-    dist, nearest = index.search(x, k)  # every centroid, sorted per item
+    dist, nearest = index.search(x, min(k, candidates))
     order = np.argsort(dist, axis=None, kind="stable")
     assign = np.full(n, -1, dtype=np.int64)
     load = np.zeros(k, dtype=np.int64)
+    m = nearest.shape[1]
     placed = 0
-    for flat in order:
-        i, r = divmod(int(flat), k)
+    for flat in order.tolist():
+        i, r = divmod(flat, m)
         c = nearest[i, r]
         if assign[i] < 0 and load[c] < cap:
             assign[i] = c
@@ -89,6 +92,11 @@ def _balanced_assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
             placed += 1
             if placed == n:
                 break
+    for i in np.flatnonzero(assign < 0):
+        free = np.flatnonzero(load < cap)
+        c = free[((centroids[free] - x[i]) ** 2).sum(1).argmin()]
+        assign[i] = c
+        load[c] += 1
     return assign
 
 

@@ -15,6 +15,7 @@ from thinkrec.errors import ThinkRecError
 
 SID_BEGIN = "<|sid_begin|>"
 SID_END = "<|sid_end|>"
+MODEL_SID_FILE = "thinkrec_sid_index.json"  # every ThinkRec model folder carries its SID index
 LEVEL_NAMES = "abcdefgh"
 _CODE_RE = re.compile(r"<s_([a-h])_(\d+)>")
 _SID_RE = re.compile(re.escape(SID_BEGIN) + r"((?:<s_[a-h]_\d+>)+)" + re.escape(SID_END))
@@ -87,7 +88,9 @@ class SIDIndex:
 
     def save(self, path: Path) -> None:
         path.write_text(
-            json.dumps({"levels": self.levels, "codebook_size": self.codebook_size, "codes": [list(c) for c in self.codes]})
+            json.dumps(
+                {"levels": self.levels, "codebook_size": self.codebook_size, "codes": [list(c) for c in self.codes]}
+            )
         )
 
     @classmethod
@@ -100,30 +103,76 @@ class SIDIndex:
 
 
 class TokenTrie:
-    """The SID trie in token-id space, for logits processors: from the tokens generated since the
-    last <|sid_begin|>, the allowed next token ids. Lookups are dict hits, O(1) per row and step."""
+    """The SID trie in token-id space, for decoding: from the codes generated since the last
+    <|sid_begin|>, the allowed next token ids. Lookups are dict hits, O(1) per row and step, and
+    the table holds one entry per trie node, so it stays small for million-item catalogues."""
 
-    def __init__(self, index: SIDIndex, tokenizer) -> None:
-        vocab = tokenizer.get_vocab()
+    def __init__(self, index: SIDIndex, tokenizer_or_vocab) -> None:
+        vocab = tokenizer_or_vocab if isinstance(tokenizer_or_vocab, dict) else tokenizer_or_vocab.get_vocab()
         missing = [t for t in sid_tokens(index.levels, index.codebook_size) if t not in vocab]
         if missing:
             raise ThinkRecError(f"tokenizer lacks SID tokens (e.g. {missing[:3]}); was it extended?")
+        self.index = index
         self.begin_id = vocab[SID_BEGIN]
         self.end_id = vocab[SID_END]
         self.levels = index.levels
         self.level_ids = [[vocab[code_token(lv, c)] for c in range(index.codebook_size)] for lv in range(index.levels)]
         self.code_of_id = {tid: (lv, c) for lv, ids in enumerate(self.level_ids) for c, tid in enumerate(ids)}
-        self.allowed: dict[tuple[int, ...], list[int]] = {
+        self.code_ids = sorted(self.code_of_id)
+        self.allowed_by_prefix: dict[tuple[int, ...], list[int]] = {
             prefix: sorted(self.level_ids[len(prefix)][c] for c in nxt) for prefix, nxt in index.trie.items()
         }
         self.all_sid_ids = {self.begin_id, self.end_id, *self.code_of_id}
+
+    @classmethod
+    def from_model_dir(cls, path: Path) -> TokenTrie:
+        """The trie of a ThinkRec model folder (its SID index file and tokenizer.json)."""
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        index = SIDIndex.load(path / MODEL_SID_FILE)
+        tok_file = path / "tokenizer.json"
+        if not tok_file.exists():
+            raise ThinkRecError(f"{path} has no tokenizer.json")
+        return cls(index, Tokenizer.from_file(str(tok_file)).get_vocab(with_added_tokens=True))
+
+    def allowed(self, prefix: tuple[int, ...]) -> list[int]:
+        """Allowed token ids inside an open SID whose codes so far are `prefix`. A prefix off the
+        trie (only possible from a bad prompt) gets <|sid_end|>, closing the SID at once."""
+        if len(prefix) >= self.levels:
+            return [self.end_id]
+        return self.allowed_by_prefix.get(tuple(prefix)) or [self.end_id]
 
     def allowed_after(self, token_ids_since_begin: list[int]) -> list[int]:
         """Allowed ids after <|sid_begin|> followed by `token_ids_since_begin` (an open SID)."""
         if len(token_ids_since_begin) >= self.levels:
             return [self.end_id]
         prefix = tuple(self.code_of_id.get(t, (-1, -1))[1] for t in token_ids_since_begin)
-        return self.allowed.get(prefix, [])
+        return self.allowed_by_prefix.get(prefix, [])
+
+    def step(self, prefix: tuple[int, ...] | None, token: int) -> tuple[int, ...] | None:
+        """The open-SID state after `token`: the codes since <|sid_begin|>, or None outside a SID."""
+        if token == self.begin_id:
+            return ()
+        if prefix is None or token == self.end_id:
+            return None
+        hit = self.code_of_id.get(token)
+        if hit is None or hit[0] != len(prefix):
+            return None
+        return (*prefix, hit[1])
+
+    def open_prefix(self, token_ids: list[int]) -> tuple[int, ...] | None:
+        """If `token_ids` ends inside an open SID, its codes so far; otherwise None."""
+        for back in range(1, min(self.levels + 1, len(token_ids)) + 1):
+            t = token_ids[-back]
+            if t == self.begin_id:
+                prefix: tuple[int, ...] | None = ()
+                for u in token_ids[len(token_ids) - back + 1 :]:
+                    prefix = self.step(prefix, u)
+                return prefix
+            if t not in self.code_of_id:
+                return None
+        return None
 
     def decode_codes(self, token_ids: list[int]) -> tuple[int, ...] | None:
         """The code spelled by `levels` code-token ids, or None if any is not the right level's token."""

@@ -15,7 +15,7 @@ from tokenizer_ext.align import align_embeddings
 from tokenizer_ext.embed import embed_texts
 from tokenizer_ext.extend_llm import extend_llm
 from tokenizer_ext.rq_kmeans import auto_codebook_size, codebook_report, fit_rq_kmeans
-from tokenizer_ext.sid import SIDIndex
+from tokenizer_ext.sid import MODEL_SID_FILE, SIDIndex
 
 
 def run_tokenize(cfg: TokenizerConfig, model_cfg: ModelConfig, run: RunDir) -> dict:
@@ -39,6 +39,7 @@ def run_tokenize(cfg: TokenizerConfig, model_cfg: ModelConfig, run: RunDir) -> d
     base = resolve_base_model(model_cfg.base_model)
     report["llm"] = extend_llm(base, index, [it.title for it in ds.items], run.path / "model_base")
     report["llm"]["base_model"] = str(base)
+    index.save(run.path / "model_base" / MODEL_SID_FILE)  # the model folder serves on its own
     (out / "report.json").write_text(json.dumps(report, indent=2))
     run.record(
         "tokenize",
@@ -57,7 +58,8 @@ def format_report(report: dict) -> str:
     lines = [
         f"RQ-Kmeans: {report['items']} items, {report['levels']} levels x {report['codebook_size']} codes, "
         f"{report['collisions_resolved']} collisions re-homed",
-        f"  reconstruction loss {report['reconstruction_loss']:.4f} (relative {report['relative_reconstruction_loss']:.4f})",
+        f"  reconstruction loss {report['reconstruction_loss']:.4f}"
+        f" (relative {report['relative_reconstruction_loss']:.4f})",
         f"  {'level':>5} {'utilisation':>11} {'entropy':>8} (max {report['max_entropy']:.3f})",
     ]
     for lv in report["per_level"]:

@@ -103,7 +103,7 @@ def _read_atomic(path: Path) -> list[dict[str, str]]:
     with path.open(encoding="utf-8", errors="replace") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = [h.split(":")[0] for h in next(reader, [])]
-        rows = [dict(zip(header, r)) for r in reader if r]
+        rows = [dict(zip(header, r, strict=False)) for r in reader if r]
     if not rows:
         raise ThinkRecError(f"data file {path} has no rows")
     return rows
@@ -158,9 +158,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     for uid in sorted(by_user, key=_natural):
         seq = sorted(by_user[uid], key=lambda e: (e[3], e[4]))
         prof = {k: v for k, v in profiles.get(uid, {}).items() if k != "user_id"}
-        users.append(
-            User(uid, [idx_of[e[1]] for e in seq], [e[2] for e in seq], [e[3] for e in seq], prof)
-        )
+        users.append(User(uid, [idx_of[e[1]] for e in seq], [e[2] for e in seq], [e[3] for e in seq], prof))
     return Dataset(cfg.dataset, items, users)
 
 

@@ -1,0 +1,109 @@
+"""What the serving side knows about a run: items, users, SIDs, the chat template. Loaded once per
+server process from the run directory named by THINKREC_RUN_DIR (set by `thinkrec serve`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+from sft_data.prompts import behaviour_prompt, item_description
+from thinkrec.data import Dataset, load_prepared
+from thinkrec.errors import ThinkRecError
+from thinkrec.rundir import RunDir
+from tokenizer_ext.sid import SID_BEGIN, SIDIndex, find_sids, parse_sid
+from tokenizer_ext.stage import load_index
+
+# a SID-looking span, complete or not, so that malformed ones are caught too
+SID_SPAN_HINT = ("<|sid_begin|>", "<s_a_")
+
+
+@dataclass
+class Catalogue:
+    run: RunDir
+    ds: Dataset
+    index: SIDIndex
+    model_dir: Path
+    history_len: int
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, model_dir: str | Path | None = None) -> Catalogue:
+        run = RunDir(run_dir)
+        ds, index = load_prepared(run), load_index(run)
+        cfg = run.manifest()["stages"].get("sft_data", {}).get("config", {})
+        if model_dir is None:
+            trained = run.path / "sft" / "model"
+            model_dir = trained if (trained / "config.json").exists() else run.path / "model_base"
+        return cls(run, ds, index, Path(model_dir), int(cfg.get("history_len", 10)))
+
+    @cached_property
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.model_dir)
+
+    def item_json(self, idx: int) -> dict:
+        it = self.ds.items[idx]
+        return {
+            "item_id": it.item_id,
+            "title": it.title,
+            "year": it.year,
+            "genres": it.genres,
+            "sid": self.index.sid(idx),
+        }
+
+    def items_in_text(self, text: str) -> tuple[list[dict], list[str]]:
+        """Catalogue items named by the SIDs in `text`, and the SIDs that name no item."""
+        found, unknown = [], []
+        for sid in find_sids(text):
+            code = parse_sid(sid)
+            idx = self.index.lookup(code)
+            if idx is None:
+                unknown.append(sid)
+            else:
+                found.append(self.item_json(idx))
+        return found, unknown
+
+    def check_text(self, text: str) -> None:
+        """Raise ThinkRecError naming the first SID in `text` that is malformed or not in the catalogue."""
+        if not any(h in text for h in SID_SPAN_HINT):
+            return
+        for sid in find_sids(text):
+            self.index.item(sid)  # raises for an unknown or malformed SID
+
+    def history(self, user_id: str | None, item_ids: list[str] | None) -> list[int]:
+        if item_ids:
+            return [self.ds.item_by_id(str(i)).idx for i in item_ids]
+        if user_id is None:
+            raise ThinkRecError("give a user_id or a non-empty history of item ids")
+        # the whole known sequence: at serving time every interaction is history
+        return list(self.ds.user_by_id(str(user_id)).items)
+
+    def messages(self, history: list[int], conversation: list[dict] | None = None) -> list[dict]:
+        """The behaviour prompt for `history`, with the user's chat turns (if any) after it."""
+        msgs = behaviour_prompt(self.ds, self.index, history, self.history_len)
+        for turn in conversation or []:
+            if turn.get("role") not in ("user", "assistant") or not isinstance(turn.get("content"), str):
+                raise ThinkRecError("each message needs role 'user' or 'assistant' and a string content")
+            if turn["role"] == "user" and msgs[-1]["role"] == "user":
+                msgs[-1] = {"role": "user", "content": msgs[-1]["content"] + "\n" + turn["content"]}
+            else:
+                msgs.append({"role": turn["role"], "content": turn["content"]})
+        return msgs
+
+    def sid_prompt(self, messages: list[dict], prefix_text: str = "") -> str:
+        """Prompt text that opens the assistant turn (plus `prefix_text`) with <|sid_begin|>."""
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return text + prefix_text + SID_BEGIN
+
+    def describe(self, idx: int) -> str:
+        return item_description(self.ds, idx)
+
+
+@lru_cache(maxsize=1)
+def server_catalogue() -> Catalogue:
+    run_dir = os.environ.get("THINKREC_RUN_DIR")
+    if not run_dir:
+        raise ThinkRecError("THINKREC_RUN_DIR is not set; start the server with `thinkrec serve RUN_DIR`")
+    return Catalogue.from_run(run_dir, os.environ.get("THINKREC_MODEL_DIR") or None)
