@@ -137,3 +137,52 @@ def beam_recommend(
                             found.append(item)
                 res.items.append(found)
     return results
+
+
+@torch.no_grad()
+def trie_sample(
+    model,
+    tok,
+    trie: TokenTrie,
+    prompts: list[list[dict]],
+    group: int,
+    constrained: bool,
+    temperature: float = 1.0,
+    exclude: list[set[tuple[int, ...]]] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[list[list[int]]]:
+    """`group` codes sampled per prompt (code-token ids, `trie.levels` each), from one prefill per
+    prompt. Constrained, the codes stay in the trie and avoid `exclude[i]` where the trie leaves
+    another choice; free, they are whatever the model spells."""
+    tok.padding_side = "left"
+    enc = tok(
+        [generation_prompt(tok, m) for m in prompts], return_tensors="pt", padding=True, add_special_tokens=False
+    ).to(model.device)
+    pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    out = model(**enc, position_ids=pos, use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(group)
+    attn = enc["attention_mask"].repeat_interleave(group, dim=0)
+    pos = attn.sum(-1, keepdim=True) - 1
+    logits = out.logits[:, -1].repeat_interleave(group, dim=0)
+    per_row = [e for e in exclude for _ in range(group)] if exclude else None
+    tokens = torch.empty(len(attn), 0, dtype=torch.long, device=attn.device)
+    for step in range(trie.levels):
+        if step:
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
+            pos = pos + 1
+            logits = model(
+                input_ids=tokens[:, -1:], attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
+            ).logits[:, -1]
+        logits = logits.float() / temperature
+        if constrained:
+            prefixes = tokens.tolist()
+            mask = _allowed_mask(trie, prefixes, logits.shape[-1], per_row).to(logits.device)
+            dead = ~mask.any(-1)
+            if dead.any():  # every completion was excluded: a seen item beats a dead end
+                rows = dead.nonzero().flatten().tolist()
+                mask[rows] = _allowed_mask(trie, [prefixes[r] for r in rows], logits.shape[-1]).to(logits.device)
+            logits = logits.masked_fill(~mask, -torch.inf)
+        nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+        tokens = torch.cat([tokens, nxt], dim=-1)
+    return tokens.view(len(prompts), group, trie.levels).tolist()

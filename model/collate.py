@@ -12,8 +12,11 @@ import torch
 IGNORE = -100
 
 
-def encode_chat(tok, messages: list[dict], max_length: int) -> dict:
-    """input_ids and labels (-100 on the prompt) for one chat whose last turn is the answer."""
+def encode_chat(tok, messages: list[dict], max_length: int, prompt_label_ids: set[int] | None = None) -> dict:
+    """input_ids and labels (-100 on the prompt) for one chat whose last turn is the answer.
+    Prompt tokens in `prompt_label_ids` are labelled too: with the SID code tokens, every item of a
+    behaviour prompt's history is also a next-item target given the items before it (dense
+    supervision, as a sequential recommender trains), at no extra forward cost."""
     prompt = tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
     full = tok.apply_chat_template(messages, tokenize=False)
     if not full.startswith(prompt):
@@ -23,7 +26,8 @@ def encode_chat(tok, messages: list[dict], max_length: int) -> dict:
     if len(a_ids) >= max_length:
         raise ValueError(f"answer of {len(a_ids)} tokens does not fit max_length={max_length}")
     p_ids = p_ids[-(max_length - len(a_ids)) :]  # drop the oldest prompt tokens if too long
-    return {"input_ids": p_ids + a_ids, "labels": [IGNORE] * len(p_ids) + a_ids}
+    p_labels = [t if prompt_label_ids and t in prompt_label_ids else IGNORE for t in p_ids]
+    return {"input_ids": p_ids + a_ids, "labels": p_labels + a_ids}
 
 
 class LeftPadCollator:

@@ -53,8 +53,14 @@ def run_train(cfg: TrainConfig, run: RunDir) -> dict:
     data = load_sft_data(run)
     set_seed(cfg.seed)
     tok, model = load_causal_lm(run.path / "model_base")
+    vocab = tok.get_vocab()
+    code_ids = {vocab[t] for t in sid_tokens(index.levels, index.codebook_size) if t.startswith("<s_")}
     encoded = data.map(
-        lambda r: encode_chat(tok, r["messages"], cfg.max_length), remove_columns=data.column_names, desc="tokenising"
+        lambda r: encode_chat(
+            tok, r["messages"], cfg.max_length, code_ids if cfg.history_loss and r["task"] == "behaviour" else None
+        ),
+        remove_columns=data.column_names,
+        desc="tokenising",
     )
     if cfg.lora:
         model = _wrap_lora(model, tok, cfg, sid_tokens(index.levels, index.codebook_size))

@@ -32,9 +32,9 @@ class Catalogue:
         run = RunDir(run_dir)
         ds, index = load_prepared(run), load_index(run)
         cfg = run.manifest()["stages"].get("sft_data", {}).get("config", {})
-        if model_dir is None:
-            trained = run.path / "sft" / "model"
-            model_dir = trained if (trained / "config.json").exists() else run.path / "model_base"
+        if model_dir is None:  # the most trained model the run has: RL-aligned, else SFT, else base
+            candidates = [run.path / "rl" / "model", run.path / "sft" / "model", run.path / "model_base"]
+            model_dir = next((p for p in candidates if (p / "config.json").exists()), candidates[-1])
         return cls(run, ds, index, Path(model_dir), int(cfg.get("history_len", 10)))
 
     @cached_property

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from serve.catalogue import Catalogue
+from serve.gateway import MAX_K
 from thinkrec.config import ServeConfig
 from thinkrec.errors import ThinkRecError
 
@@ -34,6 +35,8 @@ def server_command(run_dir: str | Path, cfg: ServeConfig, extra: list[str] | Non
         "--middleware", MIDDLEWARE,
         # beams must be scored on the masked (trie-constrained) distribution
         "--logprobs-mode", "processed_logprobs",
+        # vLLM's beam search asks for 2 x beams logprobs per step; /thinkrec/recommend uses up to 2 x MAX_K beams
+        "--max-logprobs", str(4 * MAX_K),
     ]  # fmt: skip
     if cfg.enforce_eager:
         argv.append("--enforce-eager")

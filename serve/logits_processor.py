@@ -7,7 +7,9 @@ the `thinkrec_sid_index.json` that every ThinkRec model folder carries.
 A request opts in with `extra_args` (HTTP: `"vllm_xargs"`) `{"thinkrec": MODE}`:
   - "constrain": free text, but any SID the model opens with <|sid_begin|> is completed inside
     the trie, and code tokens outside an open SID are blocked (text can reason first, then name items);
-  - "items": the answer is SIDs only: outside a SID only <|sid_begin|> or end-of-sequence may follow.
+  - "items": the answer is SIDs only: outside a SID only <|sid_begin|> or end-of-sequence may follow;
+  - "off": no constraint at all, even for a prompt that ends inside an open SID (for measuring
+    what the model does alone, and what the constraint costs).
 A request whose prompt already ends inside an open SID (e.g. "...<|sid_begin|><s_a_3>") is
 constrained without opting in: vLLM's beam search sends each step as a fresh one-token request
 without extra_args, so the prompt tail is the only signal it leaves.

@@ -9,7 +9,7 @@ import torch
 
 from tokenizer_ext.sid import TokenTrie
 
-MODES = ("constrain", "items")
+MODES = ("constrain", "items", "off")
 
 
 @dataclass
@@ -34,7 +34,7 @@ class TrieMasker:
 
     def add(self, index: int, mode: str | None, prompt_ids: list[int], output_ids: list[int]) -> None:
         tail = self.trie.open_prefix(prompt_ids)
-        if mode is None and tail is None:
+        if mode == "off" or (mode is None and tail is None):
             self.rows.pop(index, None)
         else:
             self.rows[index] = _Row(mode or "tail", output_ids, 0, tail)

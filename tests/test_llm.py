@@ -43,17 +43,22 @@ def test_sid_tokens_are_single_tokens_with_meaningful_embeddings(extended):
     assert torch.allclose(model.get_output_embeddings().weight[ids[1]], emb[ids[1]])
 
 
-def test_answer_only_labels_and_truncated_logits_give_the_full_loss(extended):
+@pytest.mark.parametrize("history_loss", [False, True])
+def test_labels_and_truncated_logits_give_the_full_loss(extended, history_loss):
     *_, tok, model, ds, index = extended
-    users = ds.users[:3]
+    code_ids = {tok.convert_tokens_to_ids(code_token(lv, c)) for lv in range(3) for c in range(32)}
     rows = []
-    for u in users:
+    for u in ds.users[:3]:
         msgs = behaviour_prompt(ds, index, u.train_items()[:-1]) + [
             {"role": "assistant", "content": index.sid(u.train_items()[-1])}
         ]
-        rows.append(encode_chat(tok, msgs, max_length=384))
+        rows.append(encode_chat(tok, msgs, max_length=384, prompt_label_ids=code_ids if history_loss else None))
     for r in rows:
-        answer = [t for t in r["labels"] if t != IGNORE]
+        labelled = [t for t in r["labels"] if t != IGNORE]
+        # the answer's 3 code tokens, plus with the history loss the 10 history items' 3 each
+        assert sum(t in code_ids for t in labelled) == (33 if history_loss else 3)
+        last_prompt = max(i for i, t in enumerate(r["labels"]) if t == IGNORE)
+        answer = r["labels"][last_prompt + 1 :]
         assert tok.decode(answer).startswith(SID_BEGIN) and len(answer) <= 8
     batch = LeftPadCollator(tok.pad_token_id)(rows)
     with torch.no_grad():

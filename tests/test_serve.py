@@ -5,6 +5,7 @@ constraint must hold whatever the weights say, so no training is needed here."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -137,7 +138,7 @@ def test_sid_opened_mid_text_is_completed_in_the_trie(server, catalogue):
     text = out.choices[0].text
     legal, total = _legal(catalogue, text)
     assert total >= 1 and legal == total, text
-    outside = text
+    outside = re.sub(r"<\|sid_begin\|>(<s_[a-h]_\d+>)*$", "", text)  # a SID still open when max_tokens cut it
     for s in find_sids(text):
         outside = outside.replace(s, " ")
     assert "<s_" not in outside.replace(SID_BEGIN, ""), text

@@ -96,3 +96,12 @@ def test_sid_strings_round_trip_through_the_token_trie():
     assert trie.open_prefix([3, trie.begin_id]) == ()
     assert trie.open_prefix([3, trie.begin_id, trie.level_ids[0][1], trie.end_id]) is None
     assert trie.allowed((99,)) == [trie.end_id]  # off the trie: close at once rather than fail
+
+
+def test_off_mode_leaves_an_open_prompt_unconstrained():
+    trie = _trie()
+    masker = TrieMasker(trie, [EOS])
+    masker.add(0, "off", [7, trie.begin_id], [])
+    assert not masker.rows
+    logits = torch.zeros(1, TEXT_VOCAB + len(trie.code_ids) + 2)
+    assert torch.isfinite(masker.apply(logits)).all()

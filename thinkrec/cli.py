@@ -16,6 +16,8 @@ from thinkrec.config import (
     DataConfig,
     EvalConfig,
     ModelConfig,
+    PScoreConfig,
+    RLConfig,
     ServeConfig,
     SFTDataConfig,
     TokenizerConfig,
@@ -30,6 +32,9 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "sft-data": (SFTDataConfig,),
     "train": (TrainConfig,),
     "eval": (EvalConfig,),
+    "pscore": (PScoreConfig,),
+    "rl": (RLConfig,),
+    "rl-eval": (RLConfig,),
 }
 HELP = {
     "data": "load MovieLens-100K, k-core filter, leave-last-out split",
@@ -37,6 +42,9 @@ HELP = {
     "sft-data": "build the behaviour + item-alignment chat mixture",
     "train": "SFT the extended LLM (LoRA or full), with checkpoints and resume",
     "eval": "Recall/NDCG/legality of the LLM against popularity and SASRec",
+    "pscore": "train the P-Score preference model (the RL reward), AUC per head",
+    "rl": "ECPO preference alignment of the SFT model (P-Score, format and business-rule rewards)",
+    "rl-eval": "before/after RL on held-out users: Recall/NDCG, P-Score, flagged share, legality",
     "demo": "run every stage in order on the defaults",
     "serve": "serve a run through vLLM's OpenAI-compatible server (trie-constrained SIDs, chat page)",
     "chat": "chat with a running server in the terminal",
@@ -109,6 +117,19 @@ def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
         report = run_eval(_build(EvalConfig, args), run, getattr(args, "model_dir", ""))
         print(format_table(report))
         print(f"written: {run.path / 'eval' / ('metrics_' + report['split'] + '.json')}")
+    elif name == "pscore":
+        from rl.stage import run_pscore
+
+        print(json.dumps(run_pscore(_build(PScoreConfig, args), run), indent=2))
+    elif name == "rl":
+        from rl.stage import run_rl
+
+        print(run_rl(_build(RLConfig, args), run))
+    elif name == "rl-eval":
+        from eval.rl_report import format_rl_table, run_rl_eval
+
+        print(format_rl_table(run_rl_eval(_build(RLConfig, args), run)))
+        print(f"written: {run.path / 'eval' / 'rl_report.json'}")
     print(f"== {name} done in {time.time() - t:.0f}s ==", flush=True)
 
 

@@ -50,6 +50,7 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     max_length: int = 384
+    history_loss: bool = True  # also predict each history item of a behaviour prompt from the ones before it
     warmup_ratio: float = 0.05
     save_steps: int = 100
     logging_steps: int = 10
@@ -81,4 +82,46 @@ class ServeConfig:
     kv_cache_gib: int = 1  # KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE, whole GiB)
     max_num_seqs: int = 64  # requests batched together
     enforce_eager: bool = True  # skip graph compilation: starts in under a minute on CPU
-    model_dir: str = ""  # serve this HF folder; empty = the run's trained model (else its base model)
+    model_dir: str = ""  # serve this HF folder; empty = the run's RL model, else its SFT model, else base
+
+
+@dataclass
+class PScoreConfig:
+    pscore_dim: int = 64
+    pscore_history: int = 20  # most recent items the preference model attends over
+    pscore_negatives: int = 2  # random unwatched items per watched one (the "watch" head's zeros)
+    pscore_epochs: int = 3
+    pscore_lr: float = 3e-3
+    head_weights: str = "watch=0.5,like=0.3,love=0.2"  # fusion of the heads' probabilities into one score
+    seed: int = 0
+
+    def weights(self) -> dict[str, float]:
+        out = {}
+        for part in self.head_weights.split(","):
+            name, _, value = part.partition("=")
+            out[name.strip()] = float(value)
+        return out
+
+
+@dataclass
+class RLConfig:
+    rl_users: int = 64  # users whose histories RL trains on (the first N); later users are held out
+    rl_eval_users: int = 100  # held-out users for the before/after report
+    rl_steps: int = 30  # policy updates
+    users_per_step: int = 4
+    group_size: int = 8  # G items sampled per user from the old policy
+    temperature: float = 1.0
+    updates_per_sample: int = 2  # policy updates per batch of samples (the old policy is the sampler)
+    epsilon: float = 0.2  # PPO clip
+    delta: float = 0.1  # early clip: negative-advantage ratios are capped at 1 + epsilon + delta
+    rl_learning_rate: float = 2e-4
+    rl_lora_rank: int = 16
+    format_samples: int = 4  # K legal samples, chosen at random, per user for the format loss
+    format_weight: float = 0.5
+    sft_weight: float = 0.0  # optional SFT loss on the behaviour mixture, trained together
+    flagged_genre: str = "Action"  # the business rule's item class
+    rule_threshold: float = 0.2  # f: damping starts once the class's share of a group passes this
+    rule_alpha: float = 0.5  # alpha: flagged items' reward is multiplied by this; 1.0 = no rule
+    rl_save_steps: int = 10
+    rl_name: str = "rl"  # output folder and manifest entry (e.g. rl_norule for a run with rule_alpha 1)
+    seed: int = 0
