@@ -25,9 +25,14 @@ from tokenizer_ext.stage import load_index
 
 
 def rl_runs(run: RunDir) -> dict[str, dict]:
-    """Every finished RL stage of the run directory: name -> its manifest entry."""
+    """Every finished RL stage of the run directory whose model is still there: name -> its manifest entry."""
     stages = run.manifest()["stages"].items()
-    return {name: e for name, e in stages if e.get("outputs", {}).get("log", "").endswith("/log.json")}
+    return {
+        name: e
+        for name, e in stages
+        if e.get("outputs", {}).get("log", "").endswith("/log.json")
+        and (run.path / name / "model" / "config.json").exists()
+    }
 
 
 def run_rl_eval(cfg: RLConfig, run: RunDir, k: int = 10, group: int = 8) -> dict:
@@ -83,10 +88,10 @@ def format_rl_table(report: dict) -> str:
     cols += ["constrained_legality", "free_legality"]
     lines = [
         f"{report['users']} held-out users, top-{k}; flagged class: {report['flagged_genre']}",
-        f"{'model':<12}" + "".join(f"{c:>17}" for c in cols) + "  business rule",
+        f"{'model':<8}" + "".join(f"{c:>{len(c) + 2}}" for c in cols) + "  business rule",
     ]
     for name, m in report["models"].items():
         rule = m["rule"]
         rule_s = "-" if rule is None else f"alpha {rule['rule_alpha']} above share {rule['rule_threshold']}"
-        lines.append(f"{name:<12}" + "".join(f"{m[c]:>17.4f}" for c in cols) + f"  {rule_s}")
+        lines.append(f"{name:<8}" + "".join(f"{m[c]:>{len(c) + 2}.4f}" for c in cols) + f"  {rule_s}")
     return "\n".join(lines)

@@ -24,16 +24,30 @@ def ecpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, eps
     return -objective.mean()
 
 
-def sequence_logprobs(model, prompt_ids: list[list[int]], code_ids: list[list[int]], pad_id: int) -> torch.Tensor:
-    """log pi(codes | prompt) per row: the code tokens' log-probabilities summed, prompts left-padded,
-    logits computed only over the code positions."""
-    levels = len(code_ids[0])
-    rows = [p + c for p, c in zip(prompt_ids, code_ids, strict=True)]
-    width = max(map(len, rows))
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=model.device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
+def sequence_logprobs(
+    model, prompt_ids: list[list[int]], rows: list[int], code_ids: list[list[int]], pad_id: int
+) -> torch.Tensor:
+    """log pi(codes_i | prompt_{rows[i]}) per sample: the code tokens' log-probabilities summed.
+    Each distinct prompt is encoded once and its KV cache branched to its samples (a group shares
+    its prompt), so the cost is one prompt pass per user plus `levels` tokens per sample, with the
+    gradient flowing through both."""
+    width = max(map(len, prompt_ids))
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompt_ids], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=model.device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=levels + 1).logits
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    idx = torch.tensor(rows, device=model.device)
     codes = torch.tensor(code_ids, device=model.device)
-    return logp.gather(-1, codes.unsqueeze(-1)).squeeze(-1).sum(-1)
+    logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)[idx].gather(1, codes[:, :1])
+    if codes.shape[1] > 1:
+        cache = out.past_key_values
+        cache.reorder_cache(idx)  # index_select: differentiable, repeats allowed
+        steps = codes.shape[1] - 1
+        attn = torch.cat([mask[idx], torch.ones(len(idx), steps, dtype=mask.dtype, device=mask.device)], dim=-1)
+        cpos = pos[idx, -1:] + torch.arange(1, steps + 1, device=pos.device)
+        logits = model(
+            input_ids=codes[:, :-1], attention_mask=attn, position_ids=cpos, past_key_values=cache, use_cache=True
+        ).logits
+        rest = torch.log_softmax(logits.float(), dim=-1).gather(-1, codes[:, 1:].unsqueeze(-1)).squeeze(-1)
+        logp = torch.cat([logp, rest], dim=-1)
+    return logp.sum(-1)

@@ -167,7 +167,7 @@ def train_pscore(ds: Dataset, item_features: np.ndarray, cfg: PScoreConfig) -> t
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     model.eval()
     hist, cand, labels = examples(ds, held_targets, cfg.pscore_negatives, rng)
     probs = np.concatenate(

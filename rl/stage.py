@@ -140,7 +140,8 @@ def run_rl(cfg: RLConfig, run: RunDir) -> dict:
     (out / "log.json").write_text(json.dumps(log, indent=2))
     curve = [{"step": h["step"], "loss": h["mean_reward"]} for h in log]
     plot_loss(curve, out / "reward.png", "mean reward of the sampled groups", "ECPO")
-    summary = {"steps": cfg.rl_steps, "first_reward": log[0]["mean_reward"], "last_reward": log[-1]["mean_reward"]}
+    summary = {"steps": cfg.rl_steps, "resumed_from": start}
+    summary |= {"first_reward": log[0]["mean_reward"], "last_reward": log[-1]["mean_reward"]}
     run.record(out_name, cfg, {"model": f"{out_name}/model/config.json", "log": f"{out_name}/log.json"}, **summary)
     return summary
 
@@ -162,24 +163,25 @@ def _update(policy: Policy, opt, cfg: RLConfig, reward, histories: list[list[int
         r = np.where([i is None or i in seen for i in items], 0.0, r)  # a seen item earns nothing
         rewards.append(r)
         for c, a in zip(pref[b], group_advantages(r), strict=True):
-            rows_p.append(p_ids[b])
+            rows_p.append(b)
             rows_c.append(c)
             advs.append(float(a))
         legal = [policy.item_of(c) is not None for c in free[b]]
         legal_n += sum(legal)
         for i in format_selection(legal, cfg.format_samples, rng):
-            rows_p.append(p_ids[b])
+            rows_p.append(b)
             rows_c.append(free[b][i])
             advs.append(float("nan"))  # marks a format sample (advantage 1, weighted separately)
+    pad = policy.tok.pad_token_id
     with torch.no_grad():
-        logp_old = sequence_logprobs(model, rows_p, rows_c, policy.tok.pad_token_id)
+        logp_old = sequence_logprobs(model, p_ids, rows_p, rows_c, pad)
     adv = torch.tensor(advs)
     is_format = torch.isnan(adv)
     sft_batch = _sft_batch(policy, histories) if cfg.sft_weight > 0 else None
     model.train()
     # several updates on one batch of samples: from the second on, the ratio leaves 1 and the clips act
     for _ in range(cfg.updates_per_sample):
-        logp = sequence_logprobs(model, rows_p, rows_c, policy.tok.pad_token_id)
+        logp = sequence_logprobs(model, p_ids, rows_p, rows_c, pad)
         loss = ecpo_loss(logp[~is_format], logp_old[~is_format], adv[~is_format], cfg.epsilon, cfg.delta)
         if is_format.any():
             ones = torch.ones(int(is_format.sum()))
@@ -194,7 +196,7 @@ def _update(policy: Policy, opt, cfg: RLConfig, reward, histories: list[list[int
     all_r = np.concatenate(rewards)
     return {
         "step": step + 1,
-        "loss": float(loss),
+        "loss": loss.item(),
         "mean_reward": float(all_r.mean()),
         "free_legality": legal_n / (len(histories) * cfg.group_size),
     }

@@ -4,6 +4,8 @@ reward on users it never trained on while constrained recommendations stay 100% 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import numpy as np
@@ -77,10 +79,35 @@ def test_ecpo_raises_held_out_reward_and_keeps_legality(trained_run):
     assert pscore["auc_among_watched"]["like"] > 0.6 and pscore["auc_among_watched"]["love"] > 0.6
 
     cfg = RLConfig(rl_steps=12, users_per_step=4, group_size=8, rl_eval_users=48, rl_save_steps=6)
+    # stopped after 6 steps, then resumed from that checkpoint to 12
+    run_rl(dataclasses.replace(cfg, rl_steps=6), run)
     summary = run_rl(cfg, run)
+    assert summary["resumed_from"] == 6
+    log = json.loads((run.path / "rl" / "log.json").read_text())
+    assert [h["step"] for h in log] == list(range(1, 13))
     assert (run.path / "rl" / "reward.png").stat().st_size > 1000
     report = run_rl_eval(cfg, run)
     print(format_rl_table(report))
     before, after = report["models"]["sft"], report["models"]["rl"]
     assert after["sampled_reward"] > before["sampled_reward"], (summary, report)
     assert before["constrained_legality"] == after["constrained_legality"] == 1.0
+
+
+def test_branched_prompt_logprobs_equal_full_teacher_forcing():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rl.ecpo import sequence_logprobs
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    model = LlamaForCausalLM(cfg)
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12]]
+    rows, codes = [0, 0, 1, 1, 1], [[30, 31, 32], [33, 31, 30], [30, 30, 30], [34, 35, 36], [31, 32, 33]]
+    fast = sequence_logprobs(model, prompts, rows, codes, pad_id=0)
+    for i, (r, c) in enumerate(zip(rows, codes, strict=True)):
+        ids = torch.tensor([prompts[r] + c])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompts[r]) - 1 : -1], -1)
+        assert fast[i].item() == pytest.approx(logp.gather(1, torch.tensor(c).unsqueeze(1)).sum().item(), abs=1e-4)
+    fast.sum().backward()  # the gradient reaches the weights through the shared prompt pass too
+    assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
