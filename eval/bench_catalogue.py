@@ -114,6 +114,15 @@ def bench_size(n: int, dim: int, levels: int, k: int, iters: int, batches: list[
     return row
 
 
+def _report(rows: list[dict]) -> dict:
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": psutil.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="10000,100000,1000000")
@@ -127,9 +136,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for n in (int(s) for s in args.sizes.split(",")):
         rows.append(bench_size(n, args.dim, args.levels, args.codebook_size, args.kmeans_iters, batches, args.seed))
-        print(f"done {n} items", flush=True)
+        print(f"done {n} items: {json.dumps(rows[-1])}", flush=True)
+        out.write_text(json.dumps(_report(rows), indent=2))  # each size kept as soon as it is measured
     print(f"\n{'items':>9}{'K':>5}{'moved':>7}{'RQ s':>8}{'RQ GiB':>8}{'trie s':>8}{'trie GiB':>9}", end="")
     print("".join(f"{'step@' + str(b) + ' ms':>16}" for b in batches))
     for r in rows:
@@ -140,11 +152,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         print("".join(f"{s['masked']:>8.2f} ({s['unmasked']:.2f})" for s in r["step_ms"].values()))
     print("step@B: one decoding step with the trie mask (without it, in brackets), B rows, vocab ~49k")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "rows": rows}, indent=2)
-    )
     print(f"written: {out}")
     return rows
 

@@ -114,8 +114,20 @@ async def recommend(
     base: str, cat: Catalogue, messages: list[dict], k: int, beams: int, exclude: set[int], prefix_text: str = ""
 ) -> list[dict]:
     """Top-k catalogue items by beam search over the SID trie (vLLM beam search; the logits
-    processor constrains every beam step from the prompt tail, which ends in <|sid_begin|>)."""
+    processor constrains every beam step from the prompt tail, which ends in <|sid_begin|>).
+    vLLM's beam steps carry no per-request arguments, so items in `exclude` (the user's history)
+    are dropped afterwards; while that leaves fewer than k, the search is rerun twice as wide,
+    up to 2 x MAX_K beams."""
     prompt = cat.sid_prompt(messages, prefix_text)
+    while True:
+        out = await _beam_items(base, cat, prompt, beams, exclude)
+        if len(out) >= k or beams >= 2 * MAX_K:
+            return out[:k]
+        beams = min(2 * MAX_K, 2 * beams)
+
+
+async def _beam_items(base: str, cat: Catalogue, prompt: str, beams: int, exclude: set[int]) -> list[dict]:
+    """The distinct catalogue items of a `beams`-wide search, best first, without `exclude`."""
     payload = {
         "model": MODEL_NAME,
         "prompt": prompt,
@@ -137,7 +149,7 @@ async def recommend(
             if idx not in exclude and idx not in seen:
                 seen.add(idx)
                 out.append(it)
-    return out[:k]
+    return out
 
 
 async def chat(base: str, cat: Catalogue, body: dict) -> dict:

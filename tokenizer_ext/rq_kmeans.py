@@ -57,7 +57,9 @@ def fit_rq_kmeans(
             for _ in range(5):
                 assign = _balanced_assign(residual, centroids)
                 for c in range(k):
-                    centroids[c] = residual[assign == c].mean(0)
+                    members = residual[assign == c]
+                    if len(members):  # an emptied cluster keeps its centroid (a mean of nothing is NaN)
+                        centroids[c] = members.mean(0)
             assign = _balanced_assign(residual, centroids)
         else:
             assign = km.index.search(residual, 1)[1][:, 0]
@@ -79,25 +81,25 @@ def _balanced_assign(x: np.ndarray, centroids: np.ndarray, candidates: int = 16)
     index.add(centroids)
     dist, nearest = index.search(x, min(k, candidates))
     order = np.argsort(dist, axis=None, kind="stable")
-    assign = np.full(n, -1, dtype=np.int64)
-    load = np.zeros(k, dtype=np.int64)
+    # plain Python lists in the loop: numpy scalar indexing would cost several times more per pair
+    assign, load, flat_nearest = [-1] * n, [0] * k, nearest.ravel().tolist()
     m = nearest.shape[1]
     placed = 0
     for flat in order.tolist():
-        i, r = divmod(flat, m)
-        c = nearest[i, r]
+        i, c = flat // m, flat_nearest[flat]
         if assign[i] < 0 and load[c] < cap:
             assign[i] = c
             load[c] += 1
             placed += 1
             if placed == n:
                 break
-    for i in np.flatnonzero(assign < 0):
-        free = np.flatnonzero(load < cap)
+    out, load_a = np.asarray(assign, dtype=np.int64), np.asarray(load, dtype=np.int64)
+    for i in np.flatnonzero(out < 0):
+        free = np.flatnonzero(load_a < cap)
         c = free[((centroids[free] - x[i]) ** 2).sum(1).argmin()]
-        assign[i] = c
-        load[c] += 1
-    return assign
+        out[i] = c
+        load_a[c] += 1
+    return out
 
 
 def reconstruct(codes: np.ndarray, books: list[np.ndarray]) -> np.ndarray:
@@ -126,16 +128,14 @@ def _nearest_free(v, code, books, taken, levels, k) -> tuple[int, ...]:
     for keep in range(levels - 1, -1, -1):
         prefix = code[:keep]
         base = sum(books[lv][prefix[lv]] for lv in range(keep)) if keep else np.zeros_like(v)
-        best, best_err = None, math.inf
-        for suffix in np.ndindex(*([k] * (levels - keep))):
-            cand = prefix + tuple(int(s) for s in suffix)
-            if cand in taken:
-                continue
-            err = float(((v - base - sum(books[keep + j][s] for j, s in enumerate(suffix))) ** 2).sum())
-            if err < best_err:
-                best, best_err = cand, err
-        if best is not None:
-            return best
+        suffixes = np.indices([k] * (levels - keep)).reshape(levels - keep, -1).T  # lexicographic order
+        free = np.array([prefix + tuple(s) not in taken for s in suffixes.tolist()])
+        if not free.any():
+            continue
+        suffixes = suffixes[free]
+        recon = sum(books[keep + j][suffixes[:, j]] for j in range(levels - keep))
+        err = ((v - base - recon) ** 2).sum(1)
+        return prefix + tuple(int(s) for s in suffixes[int(err.argmin())])
     raise ThinkRecError("no free semantic ID left")  # unreachable while k**levels >= n
 
 
