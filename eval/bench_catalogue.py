@@ -84,23 +84,35 @@ def step_cost_ms(trie: TokenTrie, batch: int, masked: bool, steps: int = 30, see
     return 1000 * elapsed / steps
 
 
-def bench_size(n: int, dim: int, levels: int, k: int, iters: int, batches: list[int], seed: int) -> dict:
-    x = synthetic_embeddings(n, dim, seed)
+def random_codes(n: int, levels: int, k: int, seed: int) -> np.ndarray:
+    """n distinct codes drawn uniformly: for timing the trie and the mask without fitting RQ-Kmeans."""
+    flat = np.random.default_rng(seed).choice(k**levels, size=n, replace=False)
+    return np.stack([(flat // k ** (levels - 1 - lv)) % k for lv in range(levels)], axis=1)
+
+
+def bench_size(
+    n: int, dim: int, levels: int, k: int, iters: int, batches: list[int], seed: int, fit: bool = True
+) -> dict:
     k = k or max(256, auto_codebook_size(n, levels))
     with PeakRSS() as mem:
         t = time.perf_counter()
-        rq = fit_rq_kmeans(x, levels, k, iters, seed, balanced=True)
+        if fit:
+            rq = fit_rq_kmeans(synthetic_embeddings(n, dim, seed), levels, k, iters, seed, balanced=True)
+            codes, moved = rq.codes, rq.collisions_resolved
+        else:
+            codes, moved = random_codes(n, levels, k, seed), None
         fit_s = time.perf_counter() - t
     with PeakRSS() as mem_trie:
         t = time.perf_counter()
-        index = SIDIndex([tuple(int(c) for c in row) for row in rq.codes], levels, k)
+        index = SIDIndex([tuple(int(c) for c in row) for row in codes], levels, k)
         vocab = {tok: TEXT_VOCAB + i for i, tok in enumerate(sid_tokens(levels, k))}
         trie = TokenTrie(index, vocab)
         trie_s = time.perf_counter() - t
     row = {
         "items": n,
         "codebook_size": k,
-        "collisions_resolved": rq.collisions_resolved,
+        "codes": "rq-kmeans" if fit else "random",
+        "collisions_resolved": moved,
         "unique": len(index.item_of) == n,
         "rq_fit_s": fit_s,
         "rq_peak_gib": mem.gib,
@@ -132,6 +144,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--kmeans-iters", type=int, default=20)
     p.add_argument("--batches", default="1,32,256")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-codes", action="store_true", help="skip RQ-Kmeans: time the index, trie and mask only")
     p.add_argument("--out", default="runs/bench/catalogue.json")
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
@@ -139,14 +152,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for n in (int(s) for s in args.sizes.split(",")):
-        rows.append(bench_size(n, args.dim, args.levels, args.codebook_size, args.kmeans_iters, batches, args.seed))
+        rows.append(
+            bench_size(
+                n,
+                args.dim,
+                args.levels,
+                args.codebook_size,
+                args.kmeans_iters,
+                batches,
+                args.seed,
+                not args.random_codes,
+            )
+        )
         print(f"done {n} items: {json.dumps(rows[-1])}", flush=True)
         out.write_text(json.dumps(_report(rows), indent=2))  # each size kept as soon as it is measured
     print(f"\n{'items':>9}{'K':>5}{'moved':>7}{'RQ s':>8}{'RQ GiB':>8}{'trie s':>8}{'trie GiB':>9}", end="")
     print("".join(f"{'step@' + str(b) + ' ms':>16}" for b in batches))
     for r in rows:
         print(
-            f"{r['items']:>9}{r['codebook_size']:>5}{r['collisions_resolved']:>7}{r['rq_fit_s']:>8.1f}"
+            f"{r['items']:>9}{r['codebook_size']:>5}{str(r['collisions_resolved']):>7}{r['rq_fit_s']:>8.1f}"
             f"{r['rq_peak_gib']:>8.2f}{r['trie_build_s']:>8.1f}{r['trie_peak_gib']:>9.2f}",
             end="",
         )
