@@ -88,10 +88,10 @@ def format_rl_table(report: dict) -> str:
     cols += ["constrained_legality", "free_legality"]
     lines = [
         f"{report['users']} held-out users, top-{k}; flagged class: {report['flagged_genre']}",
-        f"{'model':<8}" + "".join(f"{c:>{len(c) + 2}}" for c in cols) + "  business rule",
+        f"{'model':<10}" + "".join(f"{c:>{len(c) + 2}}" for c in cols) + "  business rule",
     ]
     for name, m in report["models"].items():
         rule = m["rule"]
         rule_s = "-" if rule is None else f"alpha {rule['rule_alpha']} above share {rule['rule_threshold']}"
-        lines.append(f"{name:<8}" + "".join(f"{m[c]:>{len(c) + 2}.4f}" for c in cols) + f"  {rule_s}")
+        lines.append(f"{name:<10}" + "".join(f"{m[c]:>{len(c) + 2}.4f}" for c in cols) + f"  {rule_s}")
     return "\n".join(lines)
