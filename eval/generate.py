@@ -47,6 +47,15 @@ def _allowed_mask(
     return mask
 
 
+def _prefill(model, tok, prompts: list[list[dict]]):
+    """One forward pass over the left-padded generation prompts: (encoding, output with KV cache)."""
+    tok.padding_side = "left"
+    texts = [generation_prompt(tok, m) for m in prompts]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return enc, model(**enc, position_ids=pos, use_cache=True)
+
+
 @torch.no_grad()
 def trie_beam_search(
     model,
@@ -112,13 +121,9 @@ def beam_recommend(
 ) -> dict[bool, BeamOutput]:
     """Top items per prompt for each mode (True = constrained to the trie, False = free).
     `exclude[i]`: codes the constrained search must not return for prompt i (its seen items)."""
-    tok.padding_side = "left"
     results = {m: BeamOutput([], 0, 0) for m in modes}
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc):
-        texts = [generation_prompt(tok, m) for m in prompts[start : start + batch_size]]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        prefill = model(**enc, position_ids=pos, use_cache=True)
+        enc, prefill = _prefill(model, tok, prompts[start : start + batch_size])
         for mode in modes:
             excluded = exclude[start : start + batch_size] if exclude and mode else None
             tokens, scores = trie_beam_search(model, prefill, enc["attention_mask"], trie, num_beams, mode, excluded)
@@ -154,12 +159,7 @@ def trie_sample(
     """`group` codes sampled per prompt (code-token ids, `trie.levels` each), from one prefill per
     prompt. Constrained, the codes stay in the trie and avoid `exclude[i]` where the trie leaves
     another choice; free, they are whatever the model spells."""
-    tok.padding_side = "left"
-    enc = tok(
-        [generation_prompt(tok, m) for m in prompts], return_tensors="pt", padding=True, add_special_tokens=False
-    ).to(model.device)
-    pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    out = model(**enc, position_ids=pos, use_cache=True)
+    enc, out = _prefill(model, tok, prompts)
     cache = out.past_key_values
     cache.batch_repeat_interleave(group)
     attn = enc["attention_mask"].repeat_interleave(group, dim=0)
