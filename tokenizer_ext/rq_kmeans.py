@@ -109,33 +109,81 @@ def reconstruct(codes: np.ndarray, books: list[np.ndarray]) -> np.ndarray:
 def _resolve_collisions(x: np.ndarray, codes: np.ndarray, books: list[np.ndarray]) -> tuple[np.ndarray, int]:
     levels, k = len(books), books[0].shape[0]
     recon_err = ((x - reconstruct(codes, books)) ** 2).sum(1)
-    taken: set[tuple[int, ...]] = set()
+    occupancy = _Occupancy(levels, k)
     moved = 0
-    codes = codes.copy()
+    out = codes.copy()
+    rows = codes.tolist()
     # nearest items claim their code first; the rest are re-homed
-    for i in np.argsort(recon_err, kind="stable"):
-        code = tuple(int(c) for c in codes[i])
-        if code in taken:
-            code = _nearest_free(x[i], code, books, taken, levels, k)
-            codes[i] = code
+    for i in np.argsort(recon_err, kind="stable").tolist():
+        code = tuple(rows[i])
+        if code in occupancy.taken:
+            code = _nearest_free(x[i], code, books, occupancy)
+            out[i] = code
             moved += 1
-        taken.add(code)
-    return codes, moved
+        occupancy.add(code)
+    return out, moved
 
 
-def _nearest_free(v, code, books, taken, levels, k) -> tuple[int, ...]:
+class _Occupancy:
+    """Taken full codes, and under every prefix the taken suffixes (as flat indices into the K^m
+    suffix grid), so a search can blank them out in one vectorised step."""
+
+    def __init__(self, levels: int, k: int) -> None:
+        self.levels, self.k = levels, k
+        self.taken: set[tuple[int, ...]] = set()
+        self.under: dict[tuple[int, ...], list[int]] = {}
+
+    def add(self, code: tuple[int, ...]) -> None:
+        self.taken.add(code)
+        for keep in range(self.levels):
+            flat = 0
+            for c in code[keep:]:
+                flat = flat * self.k + c
+            self.under.setdefault(code[:keep], []).append(flat)
+
+    def taken_suffixes(self, prefix: tuple[int, ...]) -> list[int]:
+        return self.under.get(prefix, [])
+
+    def full(self, prefix: tuple[int, ...]) -> bool:
+        return len(self.taken_suffixes(prefix)) >= self.k ** (self.levels - len(prefix))
+
+
+def _suffix_errors(v: np.ndarray, base: np.ndarray, books: list[np.ndarray]) -> np.ndarray:
+    """Squared error of v against base + sum_j books[j][s_j] for every suffix s, as a K^m grid.
+    One suffix level is scored directly; deeper ones through the expansion
+    |r - sum_j b_j|^2 = |r|^2 + sum_j (|b_j|^2 - 2 r.b_j) + 2 sum_{p<q} b_p.b_q,
+    which needs K x K inner products instead of materialising K^m reconstructions."""
+    r = v - base
+    if len(books) == 1:
+        return ((r - books[0]) ** 2).sum(1)
+    m, k = len(books), books[0].shape[0]
+    grid = np.full([k] * m, float(r @ r), dtype=np.float64)
+    for j, b in enumerate(books):
+        shape = [1] * m
+        shape[j] = k
+        grid += ((b**2).sum(1) - 2 * (b @ r)).reshape(shape)
+        for p in range(j):
+            pair_shape = [1] * m
+            pair_shape[p], pair_shape[j] = k, k
+            grid += 2 * (books[p] @ b.T).reshape(pair_shape)
+    return grid.ravel()
+
+
+def _nearest_free(
+    v: np.ndarray, code: tuple[int, ...], books: list[np.ndarray], occupancy: _Occupancy
+) -> tuple[int, ...]:
+    levels, k = occupancy.levels, occupancy.k
     # widen the search one level at a time: keep the first `keep` codes, re-choose the rest
     for keep in range(levels - 1, -1, -1):
         prefix = code[:keep]
-        base = sum(books[lv][prefix[lv]] for lv in range(keep)) if keep else np.zeros_like(v)
-        suffixes = np.indices([k] * (levels - keep)).reshape(levels - keep, -1).T  # lexicographic order
-        free = np.array([prefix + tuple(s) not in taken for s in suffixes.tolist()])
-        if not free.any():
+        if occupancy.full(prefix):
             continue
-        suffixes = suffixes[free]
-        recon = sum(books[keep + j][suffixes[:, j]] for j in range(levels - keep))
-        err = ((v - base - recon) ** 2).sum(1)
-        return prefix + tuple(int(s) for s in suffixes[int(err.argmin())])
+        base = sum(books[lv][prefix[lv]] for lv in range(keep)) if keep else np.zeros_like(v)
+        err = _suffix_errors(v, base, books[keep:])
+        err[occupancy.taken_suffixes(prefix)] = np.inf
+        # suffixes in lexicographic order: the best free one wins (ties: the first)
+        flat = int(err.argmin())
+        return prefix + tuple(int(s) for s in np.unravel_index(flat, [k] * (levels - keep)))
     raise ThinkRecError("no free semantic ID left")  # unreachable while k**levels >= n
 
 
