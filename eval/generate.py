@@ -25,9 +25,10 @@ class BeamOutput:
     total: int  # beams returned
 
 
-def generation_prompt(tok, messages: list[dict]) -> str:
-    """The chat prompt, opened at the assistant turn with <|sid_begin|>: the answer is a SID."""
-    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + SID_BEGIN
+def generation_prompt(tok, messages: list[dict], answer_prefix: str = "") -> str:
+    """The chat prompt, opened at the assistant turn with <|sid_begin|>: the answer is a SID.
+    `answer_prefix` goes before it (e.g. a rationale the model wrote first)."""
+    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + answer_prefix + SID_BEGIN
 
 
 def _allowed_mask(
@@ -47,10 +48,10 @@ def _allowed_mask(
     return mask
 
 
-def _prefill(model, tok, prompts: list[list[dict]]):
+def _prefill(model, tok, prompts: list[list[dict]], answer_prefixes: list[str] | None = None):
     """One forward pass over the left-padded generation prompts: (encoding, output with KV cache)."""
     tok.padding_side = "left"
-    texts = [generation_prompt(tok, m) for m in prompts]
+    texts = [generation_prompt(tok, m, answer_prefixes[i] if answer_prefixes else "") for i, m in enumerate(prompts)]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     return enc, model(**enc, position_ids=pos, use_cache=True)
@@ -118,12 +119,15 @@ def beam_recommend(
     modes: tuple[bool, ...] = (True, False),
     desc: str = "beam search",
     exclude: list[set[tuple[int, ...]]] | None = None,
+    answer_prefixes: list[str] | None = None,
 ) -> dict[bool, BeamOutput]:
     """Top items per prompt for each mode (True = constrained to the trie, False = free).
-    `exclude[i]`: codes the constrained search must not return for prompt i (its seen items)."""
+    `exclude[i]`: codes the constrained search must not return for prompt i (its seen items).
+    `answer_prefixes[i]`: assistant text written before the SID (a rationale)."""
     results = {m: BeamOutput([], 0, 0) for m in modes}
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc):
-        enc, prefill = _prefill(model, tok, prompts[start : start + batch_size])
+        chunk = answer_prefixes[start : start + batch_size] if answer_prefixes else None
+        enc, prefill = _prefill(model, tok, prompts[start : start + batch_size], chunk)
         for mode in modes:
             excluded = exclude[start : start + batch_size] if exclude and mode else None
             tokens, scores = trie_beam_search(model, prefill, enc["attention_mask"], trie, num_beams, mode, excluded)

@@ -46,19 +46,24 @@ class LeftPadCollator:
         # first position (from the left) holding any label; logits are needed from one before it
         has_label = (labels_t != IGNORE).any(0).nonzero()
         first = int(has_label[0]) if len(has_label) else width - 1
-        return {
+        batch = {
             "input_ids": torch.tensor(ids),
             "attention_mask": torch.tensor(mask),
             "labels": labels_t,
             "logits_to_keep": torch.tensor(width - first + 1),
         }
+        images = [torch.as_tensor(r["image_features"]) for r in rows if r.get("image_features") is not None]
+        if images:  # rows with an image, in row order: VisionLM fills their <image> slots in that order
+            batch["image_features"] = torch.stack(images)
+        return batch
 
 
 def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over answer tokens, computing logits only where needed."""
     labels = batch["labels"]
     keep = min(int(batch["logits_to_keep"]), labels.shape[1])
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+    images = {"image_features": batch["image_features"]} if "image_features" in batch else {}
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep, **images)
     logits = out.logits[:, :-1].float()  # position t predicts token t+1
     target = labels[:, labels.shape[1] - keep + 1 :]
     return torch.nn.functional.cross_entropy(

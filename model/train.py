@@ -50,9 +50,10 @@ def _wrap_lora(model, tok, cfg: TrainConfig, sid_vocab: list[str]):
 
 def run_train(cfg: TrainConfig, run: RunDir) -> dict:
     index = load_index(run)
-    data = load_sft_data(run)
+    data = load_sft_data(run, cfg.mixture)
     set_seed(cfg.seed)
-    tok, model = load_causal_lm(run.path / "model_base")
+    start = trained_model_dir(run, cfg.init_from) if cfg.init_from else run.path / "model_base"
+    tok, model = load_causal_lm(start)
     vocab = tok.get_vocab()
     code_ids = {vocab[t] for t in sid_tokens(index.levels, index.codebook_size) if t.startswith("<s_")}
     encoded = data.map(
@@ -64,7 +65,7 @@ def run_train(cfg: TrainConfig, run: RunDir) -> dict:
     )
     if cfg.lora:
         model = _wrap_lora(model, tok, cfg, sid_tokens(index.levels, index.codebook_size))
-    out = run.sub("sft")
+    out = run.sub(cfg.sft_name)
     ckpt_dir = out / "checkpoints"
     use_bf16 = cfg.bf16 and torch.cuda.is_available()
     args = TrainingArguments(
@@ -114,7 +115,8 @@ def run_train(cfg: TrainConfig, run: RunDir) -> dict:
     history = trainer.state.log_history
     (out / "log_history.json").write_text(json.dumps(history, indent=2))
     plot_loss(history, out / "loss.png")
-    run.record("train", cfg, {"model": "sft/model/config.json", "loss_plot": "sft/loss.png"}, summary=summary)
+    outputs = {"model": f"{cfg.sft_name}/model/config.json", "loss_plot": f"{cfg.sft_name}/loss.png"}
+    run.record(_stage_key(cfg.sft_name), cfg, outputs, summary=summary)
     return summary
 
 
@@ -124,9 +126,13 @@ def _total_steps(cfg: TrainConfig, n: int) -> int:
     return math.ceil(n / (cfg.batch_size * cfg.grad_accum) * cfg.epochs)
 
 
-def trained_model_dir(run: RunDir) -> Path:
-    run.require("train", "train")
-    path = run.path / "sft" / "model"
+def _stage_key(sft_name: str) -> str:
+    return "train" if sft_name == "sft" else f"train_{sft_name}"
+
+
+def trained_model_dir(run: RunDir, sft_name: str = "sft") -> Path:
+    run.require(_stage_key(sft_name), f"train --sft-name {sft_name}" if sft_name != "sft" else "train")
+    path = run.path / sft_name / "model"
     if not (path / "config.json").exists():
         raise ThinkRecError(f"run directory {run.path}: trained model {path} is missing; re-run `thinkrec train`")
     return path

@@ -28,12 +28,13 @@ def behaviour_samples(ds: Dataset, index: SIDIndex, history_len: int, windows_pe
     return HFDataset.from_list(rows)
 
 
-def alignment_samples(ds: Dataset, index: SIDIndex, n: int, seed: int) -> HFDataset:
-    """SID -> description and description -> SID, over randomly drawn catalogue items."""
+def alignment_samples(ds: Dataset, index: SIDIndex, n: int, seed: int, items: list[int] | None = None) -> HFDataset:
+    """SID -> description and description -> SID, over randomly drawn catalogue items (from
+    `items` when given, e.g. to keep held-out items out of training)."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        idx = rng.randrange(len(ds.items))
+        idx = rng.randrange(len(ds.items)) if items is None else rng.choice(items)
         sid, desc = index.sid(idx), item_description(ds, idx)
         system = {"role": "system", "content": SYSTEM}
         if i % 2 == 0:

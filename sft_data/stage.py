@@ -1,35 +1,103 @@
-"""Stage `sft-data`: build the task datasets, mix them by ratio, save to the run directory."""
+"""Stage `sft-data`: build the task datasets, mix them by ratio, save to the run directory.
+
+Named mixtures follow OneRec-Think's stages (ratios are per behaviour sample):
+
+- `default`: behaviour + item alignment (the recommendation model the demo trains);
+- `alignment` (item alignment): behaviour, SID <-> text alignment and video-QA;
+- `activation` (reasoning activation): behaviour, reasoning traces and user-QA, a little alignment;
+- `enhancement` (reasoning enhancement): mostly reasoning traces, the ECPO stage then follows.
+
+`--ratios task=r,...` overrides any of them. Each mixture is saved under sft_data/<name>, so a
+curriculum trains one stage after another (`thinkrec train --mixture ... --init-from ...`).
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 
+from datasets import Dataset as HFDataset
 from datasets import concatenate_datasets, load_from_disk
 
 from sft_data.builders import alignment_samples, behaviour_samples
+from sft_data.qa import is_heldout_item, item_questions, reasoning_samples, user_questions
 from thinkrec.config import SFTDataConfig
 from thinkrec.data import load_prepared
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
 from tokenizer_ext.stage import load_index
 
+MIXTURES: dict[str, dict[str, float]] = {
+    "default": {"behaviour": 1.0, "alignment": 0.3},
+    "alignment": {"behaviour": 1.0, "alignment": 0.5, "video_qa": 0.5},
+    "activation": {"behaviour": 1.0, "reasoning": 0.5, "user_qa": 0.5, "alignment": 0.1, "video_qa": 0.1},
+    "enhancement": {"behaviour": 0.3, "reasoning": 1.0, "user_qa": 0.2},
+}
+TASKS = ("behaviour", "alignment", "video_qa", "user_qa", "reasoning")
+
+
+def mixture_ratios(cfg: SFTDataConfig) -> dict[str, float]:
+    if cfg.mixture not in MIXTURES:
+        raise ThinkRecError(f"unknown mixture {cfg.mixture!r}; choose from {', '.join(MIXTURES)}")
+    ratios = dict(MIXTURES[cfg.mixture])
+    for part in filter(None, (p.strip() for p in cfg.ratios.split(","))):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in TASKS:
+            raise ThinkRecError(f"ratios: unknown task {name!r}; tasks are {', '.join(TASKS)}")
+        try:
+            ratios[name] = float(value)
+        except ValueError:
+            raise ThinkRecError(f"ratios: {part!r} is not task=number") from None
+        if ratios[name] < 0:
+            raise ThinkRecError(f"ratios: {name} must be >= 0")
+    if cfg.mixture == "default" and not cfg.ratios:
+        ratios["alignment"] = cfg.alignment_ratio
+    return ratios
+
 
 def run_sft_data(cfg: SFTDataConfig, run: RunDir) -> dict:
     if cfg.history_len < 1 or cfg.windows_per_user < 1 or cfg.alignment_ratio < 0:
         raise ThinkRecError("history_len and windows_per_user must be >= 1 and alignment_ratio >= 0")
+    ratios = mixture_ratios(cfg)
     ds, index = load_prepared(run), load_index(run)
     behaviour = behaviour_samples(ds, index, cfg.history_len, cfg.windows_per_user)
-    parts = [behaviour]
-    n_align = int(round(len(behaviour) * cfg.alignment_ratio))
-    if n_align:
-        parts.append(alignment_samples(ds, index, n_align, cfg.seed))
+    n_base = len(behaviour)
+    n = {task: int(round(n_base * r)) for task, r in ratios.items()}
+    parts = []
+    if n.get("behaviour"):
+        keep = n["behaviour"] >= n_base
+        parts.append(behaviour if keep else behaviour.shuffle(seed=cfg.seed).select(range(n["behaviour"])))
+    if n.get("alignment"):
+        # the default mixture aligns every item; QA mixtures keep held-out items out of item training
+        items = None if cfg.mixture == "default" else [i for i in range(len(ds.items)) if not is_heldout_item(i)]
+        parts.append(alignment_samples(ds, index, n["alignment"], cfg.seed, items))
+    if n.get("video_qa"):
+        qs = item_questions(ds, index, n["video_qa"], heldout=False, seed=cfg.seed + 1)
+        parts.append(HFDataset.from_list([q.sample() for q in qs]))
+    if n.get("user_qa"):
+        qs = user_questions(ds, index, n["user_qa"], cfg.history_len, heldout=False, seed=cfg.seed + 2)
+        parts.append(HFDataset.from_list([q.sample() for q in qs]))
+    if n.get("reasoning"):
+        parts.append(HFDataset.from_list(reasoning_samples(ds, index, n["reasoning"], cfg.history_len, cfg.seed + 3)))
+    if not parts:
+        raise ThinkRecError(f"mixture {cfg.mixture!r} with ratios {ratios} has no samples")
     mixture = concatenate_datasets(parts).shuffle(seed=cfg.seed)
-    mixture.save_to_disk(str(run.path / "sft_data" / "train"))
+    mixture.save_to_disk(str(run.path / "sft_data" / cfg.mixture))
     counts = dict(Counter(mixture["task"]))
-    run.record("sft_data", cfg, {"train": "sft_data/train/dataset_info.json"}, counts=counts)
+    run.record(
+        "sft_data",
+        cfg,
+        {cfg.mixture: f"sft_data/{cfg.mixture}/dataset_info.json"},
+        counts=counts,
+        ratios=ratios,
+    )
     return counts
 
 
-def load_sft_data(run: RunDir):
+def load_sft_data(run: RunDir, mixture: str = "default"):
     run.require("sft_data", "sft-data")
-    return load_from_disk(str(run.path / "sft_data" / "train"))
+    path = run.path / "sft_data" / mixture
+    if not (path / "dataset_info.json").exists():
+        hint = f"run `thinkrec sft-data --mixture {mixture}`"
+        raise ThinkRecError(f"run directory {run.path}: no {mixture!r} mixture; {hint}")
+    return load_from_disk(str(path))

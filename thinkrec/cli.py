@@ -17,6 +17,7 @@ from thinkrec.config import (
     EvalConfig,
     ModelConfig,
     PScoreConfig,
+    QAEvalConfig,
     RLConfig,
     ServeConfig,
     SFTDataConfig,
@@ -35,16 +36,19 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "pscore": (PScoreConfig,),
     "rl": (RLConfig,),
     "rl-eval": (RLConfig,),
+    "qa-eval": (QAEvalConfig,),
 }
+DEMO_STAGES = [s for s in STAGE_CONFIGS if s != "qa-eval"]  # QA needs a QA mixture trained (see README)
 HELP = {
     "data": "load MovieLens-100K, k-core filter, leave-last-out split",
     "tokenize": "item embeddings -> RQ-Kmeans SIDs -> SID index, trie, extended LLM",
-    "sft-data": "build the behaviour + item-alignment chat mixture",
+    "sft-data": "build a training mixture: behaviour, item alignment, user-QA, video-QA, reasoning",
     "train": "SFT the extended LLM (LoRA or full), with checkpoints and resume",
     "eval": "Recall/NDCG/legality of the LLM against popularity and SASRec",
     "pscore": "train the P-Score preference model (the RL reward), AUC per head",
     "rl": "ECPO preference alignment of the SFT model (P-Score, format and business-rule rewards)",
     "rl-eval": "before/after RL on held-out users: Recall/NDCG, P-Score, flagged share, legality",
+    "qa-eval": "QA accuracy per task on held-out users/items; recommendation with and without reasoning",
     "demo": "run every stage in order on the defaults",
     "serve": "serve a run through vLLM's OpenAI-compatible server (trie-constrained SIDs, chat page)",
     "chat": "chat with a running server in the terminal",
@@ -130,6 +134,11 @@ def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
 
         print(format_rl_table(run_rl_eval(_build(RLConfig, args), run)))
         print(f"written: {run.path / 'eval' / 'rl_report.json'}")
+    elif name == "qa-eval":
+        from eval.qa import format_qa_table, run_qa_eval
+
+        print(format_qa_table(run_qa_eval(_build(QAEvalConfig, args), run)))
+        print(f"written: {run.path / 'eval' / 'qa.json'}")
     print(f"== {name} done in {time.time() - t:.0f}s ==", flush=True)
 
 
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             terminal_chat(args.url, args.user_id, args.k)
             return 0
         run = RunDir(args.run_dir)
-        for name in STAGE_CONFIGS if args.command == "demo" else [args.command]:
+        for name in DEMO_STAGES if args.command == "demo" else [args.command]:
             _stage(name, args, run)
     except ThinkRecError as e:
         print(f"thinkrec: error: {e}", file=sys.stderr)

@@ -25,6 +25,8 @@ class TokenizerConfig:
     collab_align: bool = True  # add a collaborative (co-occurrence PMI) part to the content embedding
     collab_weight: float = 1.0  # weight of the collaborative half against the content half
     collab_dim: int = 64
+    image_dir: str = ""  # folder of <item_id>.jpg/.png covers or frames; their features join the content embedding
+    image_weight: float = 0.5  # weight of the image part against the (unit-norm) text part
 
 
 @dataclass
@@ -36,7 +38,9 @@ class ModelConfig:
 class SFTDataConfig:
     history_len: int = 10  # most recent items shown in a behaviour prompt
     windows_per_user: int = 8  # behaviour samples per user (sliding next-item targets, newest first)
-    alignment_ratio: float = 0.3  # item-alignment samples per behaviour sample
+    alignment_ratio: float = 0.3  # item-alignment samples per behaviour sample (default mixture)
+    mixture: str = "default"  # default | alignment | activation | enhancement (see sft_data.stage.MIXTURES)
+    ratios: str = ""  # override the mixture's ratios, e.g. "user_qa=0.5,reasoning=0.2" (per behaviour sample)
     seed: int = 0
 
 
@@ -57,6 +61,9 @@ class TrainConfig:
     bf16: bool = False  # on GPU; the CPU default stays fp32
     seed: int = 0
     resume: bool = True  # continue from the newest checkpoint in the run directory
+    mixture: str = "default"  # the sft-data mixture to train on
+    sft_name: str = "sft"  # output folder and manifest entry (one per curriculum stage)
+    init_from: str = ""  # start from this earlier sft_name's model in the run (curriculum); empty = base
 
 
 @dataclass
@@ -124,4 +131,15 @@ class RLConfig:
     rule_alpha: float = 0.5  # alpha: flagged items' reward is multiplied by this; 1.0 = no rule
     rl_save_steps: int = 10
     rl_name: str = "rl"  # output folder and manifest entry (e.g. rl_norule for a run with rule_alpha 1)
+    seed: int = 0
+
+
+@dataclass
+class QAEvalConfig:
+    qa_models: str = "base,sft"  # models to compare: base (untrained, SID tokens added) and trained sft names
+    qa_questions: int = 40  # held-out questions per multiple-choice task
+    qa_rec_users: int = 40  # held-out users for the rationale and the with/without-reasoning recommendation
+    qa_k: int = 10  # Recall/NDCG cut-off (also the beam width)
+    think_tokens: int = 64  # rationale length cap
+    qa_batch_size: int = 8
     seed: int = 0

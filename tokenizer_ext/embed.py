@@ -40,3 +40,43 @@ def embed_texts(texts: list[str], model_dir: str, cache_dir: Path, batch_size: i
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(cached, emb)
     return emb
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def embed_images(item_ids: list[str], image_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """Global image features (L2-normalised, from model.vision.VisionEncoder) for the items that
+    have `<item_id>.jpg|.jpeg|.png` in `image_dir` (a cover or a key frame); zero rows elsewhere.
+    Returns (features (n, 1280), has_image (n,) bool)."""
+    from PIL import Image
+
+    from model.vision import FEATURE_DIM, VisionEncoder
+
+    folder = Path(image_dir)
+    if not folder.is_dir():
+        raise ThinkRecError(f"image_dir {folder} is not a folder")
+    paths = {}
+    for row, item_id in enumerate(item_ids):
+        found = [folder / f"{item_id}{s}" for s in IMAGE_SUFFIXES if (folder / f"{item_id}{s}").exists()]
+        if found:
+            paths[row] = found[0]
+    if not paths:
+        raise ThinkRecError(f"image_dir {folder} has no <item_id>.jpg/.jpeg/.png file for any catalogue item")
+    encoder = VisionEncoder(grid=1)
+    rows = sorted(paths)
+    try:
+        feats = encoder([Image.open(paths[r]) for r in rows])[:, 0].numpy()
+    except OSError as e:
+        raise ThinkRecError(f"image_dir {folder}: cannot read an image ({e})") from None
+    out = np.zeros((len(item_ids), FEATURE_DIM), dtype=np.float32)
+    out[rows] = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(min=1e-8)
+    has = np.zeros(len(item_ids), dtype=bool)
+    has[rows] = True
+    return out, has
+
+
+def with_images(content: np.ndarray, images: np.ndarray, weight: float) -> np.ndarray:
+    """Caption (text) and image features side by side, as the OneRec report's item encoder fuses
+    them; items without an image keep a zero image part."""
+    return np.concatenate([content, weight * images], axis=1).astype(np.float32)

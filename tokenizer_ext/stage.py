@@ -12,7 +12,7 @@ from thinkrec.config import ModelConfig, TokenizerConfig
 from thinkrec.data import load_prepared
 from thinkrec.rundir import RunDir
 from tokenizer_ext.align import align_embeddings
-from tokenizer_ext.embed import embed_texts
+from tokenizer_ext.embed import embed_images, embed_texts, with_images
 from tokenizer_ext.extend_llm import extend_llm
 from tokenizer_ext.rq_kmeans import auto_codebook_size, codebook_report, fit_rq_kmeans
 from tokenizer_ext.sid import MODEL_SID_FILE, SIDIndex
@@ -22,7 +22,12 @@ def run_tokenize(cfg: TokenizerConfig, model_cfg: ModelConfig, run: RunDir) -> d
     ds = load_prepared(run)
     out = run.sub("tokenizer")
     content = embed_texts([it.text() for it in ds.items], cfg.embed_model, cache_dir() / "embeddings")
-    report: dict = {"embedding_dim": int(content.shape[1])}
+    report: dict = {}
+    if cfg.image_dir:
+        images, has = embed_images([it.item_id for it in ds.items], cfg.image_dir)
+        content = with_images(content, images, cfg.image_weight)
+        report["items_with_images"] = int(has.sum())
+    report["embedding_dim"] = int(content.shape[1])
     x = content
     if cfg.collab_align:
         # train sequences only: the valid/test targets must not leak into the codes

