@@ -141,11 +141,10 @@ def evaluate_model(model, tok, ds: Dataset, index: SIDIndex, cfg: QAEvalConfig, 
 
 
 def run_qa_eval(cfg: QAEvalConfig, run: RunDir) -> dict:
-    if cfg.qa_questions < 1 or cfg.qa_rec_users < 1 or cfg.qa_k < 1:
-        raise ThinkRecError("qa_questions, qa_rec_users and qa_k must be >= 1")
+    if min(cfg.qa_questions, cfg.qa_rec_users, cfg.qa_k, cfg.qa_history_len) < 1:
+        raise ThinkRecError("qa_questions, qa_rec_users, qa_k and qa_history_len must be >= 1")
     ds, index = load_prepared(run), load_index(run)
-    sft_cfg = run.manifest()["stages"].get("sft_data", {}).get("config", {})
-    history_len = int(sft_cfg.get("history_len", 10))
+    history_len = cfg.qa_history_len
     report: dict = {"models": {}, "questions_per_task": cfg.qa_questions, "rec_users": cfg.qa_rec_users, "k": cfg.qa_k}
     for name in [m.strip() for m in cfg.qa_models.split(",") if m.strip()]:
         path = run.path / "model_base" if name == "base" else trained_model_dir(run, name)

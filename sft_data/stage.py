@@ -85,7 +85,7 @@ def run_sft_data(cfg: SFTDataConfig, run: RunDir) -> dict:
     mixture.save_to_disk(str(run.path / "sft_data" / cfg.mixture))
     counts = dict(Counter(mixture["task"]))
     run.record(
-        "sft_data",
+        sft_data_key(cfg.mixture),
         cfg,
         {cfg.mixture: f"sft_data/{cfg.mixture}/dataset_info.json"},
         counts=counts,
@@ -94,8 +94,14 @@ def run_sft_data(cfg: SFTDataConfig, run: RunDir) -> dict:
     return counts
 
 
+def sft_data_key(mixture: str) -> str:
+    """Manifest entry of a mixture: `sft_data` for the default one (later stages read its
+    history_len), `sft_data_<name>` for the others, so building one never rewrites another's."""
+    return "sft_data" if mixture == "default" else f"sft_data_{mixture}"
+
+
 def load_sft_data(run: RunDir, mixture: str = "default"):
-    run.require("sft_data", "sft-data")
+    run.require(sft_data_key(mixture), "sft-data" if mixture == "default" else f"sft-data --mixture {mixture}")
     path = run.path / "sft_data" / mixture
     if not (path / "dataset_info.json").exists():
         hint = f"run `thinkrec sft-data --mixture {mixture}`"

@@ -140,6 +140,7 @@ class QAEvalConfig:
     qa_questions: int = 40  # held-out questions per multiple-choice task
     qa_rec_users: int = 40  # held-out users for the rationale and the with/without-reasoning recommendation
     qa_k: int = 10  # Recall/NDCG cut-off (also the beam width)
+    qa_history_len: int = 10  # items shown in user-QA and reasoning prompts (as the QA mixture was built)
     think_tokens: int = 64  # rationale length cap
     qa_batch_size: int = 8
     seed: int = 0
