@@ -50,12 +50,11 @@ LEAN = re.compile(r"lean to ([A-Za-z' -]+?) \(")
 def choice_accuracy(model, tok, questions: list[Question], batch_size: int = 16) -> float:
     """Share of questions whose right option gets the highest answer log-likelihood. Questions
     with image features need a model that takes them (model.vision.VisionLM)."""
-    rows, owners = [], []
-    for qi, q in enumerate(questions):
+    rows = []  # every option of every question, in order
+    for q in questions:
         for option in q.options:
             messages = [*q.messages, {"role": "assistant", "content": option}]
             rows.append({**encode_chat(tok, messages, max_length=1024), "image_features": q.image_features})
-            owners.append(qi)
     collate = LeftPadCollator(tok.pad_token_id)
     scores: list[float] = []
     for start in tqdm(range(0, len(rows), batch_size), desc="scoring options", leave=False):
@@ -68,18 +67,12 @@ def choice_accuracy(model, tok, questions: list[Question], batch_size: int = 16)
         logp = torch.log_softmax(out.logits[:, :-1].float(), -1)
         picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         scores.extend((picked * (target != IGNORE)).sum(-1).tolist())
-    best: dict[int, tuple[float, int]] = {}
-    for qi, option_pos, score in _per_option(owners, scores):
-        if qi not in best or score > best[qi][0]:
-            best[qi] = (score, option_pos)
-    return sum(best[qi][1] == q.label for qi, q in enumerate(questions)) / max(1, len(questions))
-
-
-def _per_option(owners: list[int], scores: list[float]):
-    pos = 0
-    for i, (qi, score) in enumerate(zip(owners, scores, strict=True)):
-        pos = 0 if i == 0 or owners[i - 1] != qi else pos + 1
-        yield qi, pos, score
+    correct, offset = 0, 0
+    for q in questions:
+        option_scores = scores[offset : offset + len(q.options)]
+        offset += len(q.options)
+        correct += max(range(len(q.options)), key=option_scores.__getitem__) == q.label  # ties: the first
+    return correct / max(1, len(questions))
 
 
 @torch.no_grad()
@@ -119,10 +112,8 @@ def evaluate_model(model, tok, ds: Dataset, index: SIDIndex, cfg: QAEvalConfig, 
     targets = [u.target_for("test") for u in users]
     reason_prompts = [reasoning_prompt(ds, index, h, history_len) for h in histories]
     rationales = write_rationales(model, tok, reason_prompts, cfg.think_tokens, cfg.qa_batch_size)
-    shown = [h[-history_len:] for h in histories]
-    accuracy["rationale"] = sum(rationale_correct(ds, s, r) for s, r in zip(shown, rationales, strict=True)) / max(
-        1, len(users)
-    )
+    right = [rationale_correct(ds, h[-history_len:], r) for h, r in zip(histories, rationales, strict=True)]
+    accuracy["rationale"] = sum(right) / max(1, len(right))
 
     ks = [cfg.qa_k]
     trie = TokenTrie(index, tok)

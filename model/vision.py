@@ -147,6 +147,8 @@ def train_projector(
     """LLaVA's first stage: only the projector learns (LLM and encoder frozen), answer-only loss.
     `samples`: {"messages": chat with the answer last, "image_features": (tokens, dim) or None}.
     Returns the Trainer's log history."""
+    import tempfile
+
     from transformers import TrainingArguments, set_seed
 
     from model.collate import LeftPadCollator, encode_chat
@@ -157,7 +159,7 @@ def train_projector(
     vlm.projector.requires_grad_(True)
     rows = [{**encode_chat(tok, s["messages"], 1024), "image_features": s.get("image_features")} for s in samples]
     args = TrainingArguments(
-        output_dir="/tmp/thinkrec-projector",
+        output_dir=tempfile.mkdtemp(prefix="thinkrec-projector-"),  # nothing is saved there (save_strategy no)
         per_device_train_batch_size=batch_size,
         max_steps=steps,
         learning_rate=lr,

@@ -72,7 +72,6 @@ def test_item_questions_and_rationales_match_the_catalogue(data):
 
 def test_training_questions_never_touch_held_out_users_or_items(data):
     ds, index = data
-    held_titles = {ds.items[i].title for i in range(len(ds.items)) if is_heldout_item(i)}
     for q in item_questions(ds, index, 150, heldout=False, seed=0):
         assert not is_heldout_item(index.item(find_sids(q.messages[1]["content"])[0]))
     held_histories = {
@@ -80,7 +79,7 @@ def test_training_questions_never_touch_held_out_users_or_items(data):
     }
     for q in user_questions(ds, index, 60, 10, heldout=False, seed=0, tasks=("user_watched",)):
         assert not any(h in q.messages[1]["content"] for h in held_histories)
-    assert held_titles  # the split is not empty
+    assert any(is_heldout_item(i) for i in range(len(ds.items)))  # the split is not empty
 
 
 def test_mixture_ratios_parse_and_refuse_bad_input():
