@@ -21,7 +21,7 @@ from tqdm import tqdm
 from eval.generate import beam_recommend
 from eval.metrics import rank_metrics
 from model.base import load_causal_lm
-from model.collate import IGNORE, LeftPadCollator, encode_chat
+from model.collate import IGNORE, LeftPadCollator, answer_logits, encode_chat
 from model.train import trained_model_dir
 from sft_data.prompts import behaviour_prompt
 from sft_data.qa import (
@@ -58,15 +58,9 @@ def choice_accuracy(model, tok, questions: list[Question], batch_size: int = 16)
     collate = LeftPadCollator(tok.pad_token_id)
     scores: list[float] = []
     for start in tqdm(range(0, len(rows), batch_size), desc="scoring options", leave=False):
-        batch = collate(rows[start : start + batch_size])
-        images = {"image_features": batch["image_features"]} if "image_features" in batch else {}
-        labels = batch["labels"]
-        keep = min(int(batch["logits_to_keep"]), labels.shape[1])  # answers sit at the end (left padding)
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep, **images)
-        target = labels[:, labels.shape[1] - keep + 1 :]
-        logp = torch.log_softmax(out.logits[:, :-1].float(), -1)
-        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        scores.extend((picked * (target != IGNORE)).sum(-1).tolist())
+        logits, target = answer_logits(model, collate(rows[start : start + batch_size]))
+        logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        scores.extend((logp * (target != IGNORE)).sum(-1).tolist())
     correct, offset = 0, 0
     for q in questions:
         option_scores = scores[offset : offset + len(q.options)]

@@ -58,14 +58,20 @@ class LeftPadCollator:
         return batch
 
 
-def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over answer tokens, computing logits only where needed."""
+def answer_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, T, V) for the answer positions only and the tokens they predict (B, T), with
+    -100 where there is nothing to predict. Image features go along when the batch has them."""
     labels = batch["labels"]
     keep = min(int(batch["logits_to_keep"]), labels.shape[1])
     images = {"image_features": batch["image_features"]} if "image_features" in batch else {}
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep, **images)
     logits = out.logits[:, :-1].float()  # position t predicts token t+1
-    target = labels[:, labels.shape[1] - keep + 1 :]
+    return logits, labels[:, labels.shape[1] - keep + 1 :]
+
+
+def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over answer tokens, computing logits only where needed."""
+    logits, target = answer_logits(model, batch)
     return torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE
     )
