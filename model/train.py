@@ -13,24 +13,29 @@ import json
 import math
 from pathlib import Path
 
-import torch
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from model.base import load_causal_lm
 from model.collate import LeftPadCollator, answer_loss, encode_chat
-from model.plot import plot_loss
-from sft_data.stage import load_sft_data
+from model.fastpath import Speed, plan
+from model.packing import PackedCollator, PackedDataset, packed_loss
 from thinkrec.config import TrainConfig
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
 from tokenizer_ext.sid import MODEL_SID_FILE, sid_tokens
-from tokenizer_ext.stage import load_index
 
 
 class AnswerOnlyTrainer(Trainer):
+    # our loss is a mean per micro-batch: the Trainer divides it by the accumulation steps
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # same, for transformers versions without the attribute above
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = answer_loss(model, inputs)
+        loss = packed_loss(model, inputs) if "position_ids" in inputs else answer_loss(model, inputs)
         return (loss, None) if return_outputs else loss
 
 
@@ -48,7 +53,24 @@ def _wrap_lora(model, tok, cfg: TrainConfig, sid_vocab: list[str]):
     return get_peft_model(model, lora)
 
 
-def run_train(cfg: TrainConfig, run: RunDir) -> dict:
+def encode_sft(data, tok, cfg: TrainConfig, code_ids: set[int]):
+    """The mixture's chats -> input_ids and labels (answer tokens; SID codes of behaviour prompts
+    too with the history loss)."""
+    return data.map(
+        lambda r: encode_chat(
+            tok, r["messages"], cfg.max_length, code_ids if cfg.history_loss and r["task"] == "behaviour" else None
+        ),
+        remove_columns=data.column_names,
+        desc="tokenising",
+    )
+
+
+def run_train(cfg: TrainConfig, run: RunDir, callbacks: list | None = None) -> dict:
+    """SFT on the run's mixture. `callbacks` (transformers TrainerCallbacks) may keep a best-on-valid
+    copy of the weights (`restore_best`, e.g. eval.curve.QualityCurve): the saved model is then that one."""
+    from sft_data.stage import load_sft_data  # the data stages' imports (faiss) stay out of build_trainer's
+    from tokenizer_ext.stage import load_index
+
     index = load_index(run)
     data = load_sft_data(run, cfg.mixture)
     set_seed(cfg.seed)
@@ -56,42 +78,12 @@ def run_train(cfg: TrainConfig, run: RunDir) -> dict:
     tok, model = load_causal_lm(start)
     vocab = tok.get_vocab()
     code_ids = {vocab[t] for t in sid_tokens(index.levels, index.codebook_size) if t.startswith("<s_")}
-    encoded = data.map(
-        lambda r: encode_chat(
-            tok, r["messages"], cfg.max_length, code_ids if cfg.history_loss and r["task"] == "behaviour" else None
-        ),
-        remove_columns=data.column_names,
-        desc="tokenising",
-    )
+    encoded = encode_sft(data, tok, cfg, code_ids)
     if cfg.lora:
         model = _wrap_lora(model, tok, cfg, sid_tokens(index.levels, index.codebook_size))
     out = run.sub(cfg.sft_name)
     ckpt_dir = out / "checkpoints"
-    use_bf16 = cfg.bf16 and torch.cuda.is_available()
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        warmup_steps=max(1, math.ceil(cfg.warmup_ratio * _total_steps(cfg, len(encoded)))),
-        lr_scheduler_type="cosine",
-        weight_decay=0.0,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        bf16=use_bf16,
-        seed=cfg.seed,
-        report_to="none",
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=False,
-    )
-    trainer = AnswerOnlyTrainer(
-        model=model, args=args, train_dataset=encoded, data_collator=LeftPadCollator(tok.pad_token_id)
-    )
+    trainer, speed = build_trainer(cfg, model, tok, encoded, ckpt_dir, callbacks)
     resume = get_last_checkpoint(str(ckpt_dir)) if cfg.resume and ckpt_dir.is_dir() else None
     if resume:
         print(f"resuming from {resume}")
@@ -103,10 +95,20 @@ def run_train(cfg: TrainConfig, run: RunDir) -> dict:
         "resumed_from": resume,
         "train_runtime_s": result.metrics.get("train_runtime"),
     }
+    for cb in callbacks or []:  # on every process: each loads back its own copy (its shards, under FSDP)
+        kept = cb.restore_best(trainer.model) if hasattr(cb, "restore_best") else None
+        if kept is not None:
+            summary["kept_step"] = kept  # the step whose weights scored best on the valid split
+    # sharded weights (FSDP, DeepSpeed): every process takes part in gathering them
+    full_state = trainer.accelerator.get_state_dict(trainer.model) if _sharded(trainer) else None
     if not trainer.is_world_process_zero():
         return summary  # under `accelerate launch`, one process writes the results
 
-    final = trainer.model
+    if full_state is None:
+        final = trainer.model
+        speed.restore(final)  # the saved config keeps the model's own attention
+    else:  # a plain copy on CPU to merge and save: the trained model's parameters are shards
+        final = _unsharded_copy(start, tok, cfg, index, full_state)
     if cfg.lora:
         final = final.merge_and_unload()
     final.save_pretrained(out / "model")
@@ -114,16 +116,106 @@ def run_train(cfg: TrainConfig, run: RunDir) -> dict:
     index.save(out / "model" / MODEL_SID_FILE)  # the model folder serves on its own
     history = trainer.state.log_history
     (out / "log_history.json").write_text(json.dumps(history, indent=2))
+    from model.plot import plot_loss
+
     plot_loss(history, out / "loss.png")
     outputs = {"model": f"{cfg.sft_name}/model/config.json", "loss_plot": f"{cfg.sft_name}/loss.png"}
     run.record(_stage_key(cfg.sft_name), cfg, outputs, summary=summary)
     return summary
 
 
-def _total_steps(cfg: TrainConfig, n: int) -> int:
+def _sharded(trainer) -> bool:
+    """Whether no process holds whole parameters: FSDP, or DeepSpeed (ZeRO-3 shards them; the
+    gathered copy costs ZeRO-1/2 little)."""
+    return bool(trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
+
+
+def _unsharded_copy(start: Path, tok, cfg: TrainConfig, index, state: dict):
+    """The model `run_train` started from, LoRA-wrapped as it was, with the gathered trained
+    weights: `state` from Accelerator.get_state_dict, whole tensors on CPU (same keys as the
+    unwrapped model's state_dict)."""
+    _, model = load_causal_lm(start)
+    if cfg.lora:
+        model = _wrap_lora(model, tok, cfg, sid_tokens(index.levels, index.codebook_size))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = _tied_keys(model)
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise ThinkRecError(f"gathered weights do not fit the model, missing {missing[:5]} unexpected {unexpected[:5]}")
+    return model
+
+
+def _tied_keys(model) -> set[str]:
+    """State-dict keys whose tensor is another key's (tied embeddings): a gathered state may list it once."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            tied.update((name, seen[id(tensor)]))
+        seen.setdefault(id(tensor), name)
+    return tied
+
+
+def build_trainer(
+    cfg: TrainConfig, model, tok, encoded, ckpt_dir: Path, callbacks: list | None = None
+) -> tuple[AnswerOnlyTrainer, Speed]:
+    """The Trainer of `thinkrec train` for an encoded mixture, set up for the machine it runs on
+    (model.fastpath): packed or padded batches, attention implementation, compiled layers, bf16,
+    data-loading workers. eval/bench_train times this same object."""
+    speed = plan(cfg, model)
+    speed.apply(model)
+    if speed.batch_tokens:
+        longest = max(len(ids) for ids in encoded["input_ids"])
+        if longest > speed.batch_tokens:
+            raise ThinkRecError(f"batch_tokens={speed.batch_tokens} is under the longest sample ({longest} tokens)")
+        train_data, per_device = PackedDataset(encoded, speed.batch_tokens, cfg.seed), 1
+    else:
+        train_data, per_device = encoded, cfg.batch_size
+    if speed.packing:
+        collator = PackedCollator(tok.pad_token_id, speed.batch_tokens or None)
+    else:
+        collator = LeftPadCollator(tok.pad_token_id)
+    print(speed.describe(), flush=True)
+    gpu = speed.device == "cuda"
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=max(1, math.ceil(cfg.warmup_ratio * _total_steps(cfg, len(train_data), per_device))),
+        lr_scheduler_type="cosine",
+        weight_decay=0.0,
+        logging_steps=cfg.logging_steps,
+        logging_nan_inf_filter=not gpu,  # the filter reads the loss every step: a GPU sync
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        bf16=speed.bf16,
+        seed=cfg.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=speed.workers,
+        dataloader_persistent_workers=speed.workers > 0,
+        dataloader_pin_memory=gpu,
+        disable_tqdm=False,
+        include_num_input_tokens_seen="non_padding",  # the learning curve's x axis
+    )
+    trainer = AnswerOnlyTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        data_collator=collator,
+        processing_class=tok,
+        callbacks=[speed.eager_view(cb) for cb in callbacks or []],
+    )
+    return trainer, speed
+
+
+def _total_steps(cfg: TrainConfig, n: int, batch: int) -> int:
     if cfg.max_steps > 0:
         return cfg.max_steps
-    return math.ceil(n / (cfg.batch_size * cfg.grad_accum) * cfg.epochs)
+    return math.ceil(n / (batch * cfg.grad_accum) * cfg.epochs)
 
 
 def _stage_key(sft_name: str) -> str:

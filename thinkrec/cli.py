@@ -39,6 +39,10 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "qa-eval": (QAEvalConfig,),
 }
 DEMO_STAGES = [s for s in STAGE_CONFIGS if s != "qa-eval"]  # QA needs a QA mixture trained (see README)
+# The demo's departures from the stage defaults, sized for 2 CPU cores: SASRec alone as the learned
+# baseline (GRU4Rec adds about as much again; `thinkrec eval` trains both), and a learning curve on
+# 200 valid users every 100 steps that also picks the best-on-valid checkpoint.
+DEMO_DEFAULTS: dict[str, Any] = {"baselines": "sasrec", "eval_every": 100, "curve_users": 200}
 HELP = {
     "data": "load MovieLens-100K, k-core filter, leave-last-out split",
     "tokenize": "item embeddings -> RQ-Kmeans SIDs -> SID index, trie, extended LLM",
@@ -46,8 +50,8 @@ HELP = {
     "train": "SFT the extended LLM (LoRA or full), with checkpoints and resume",
     "eval": "Recall/NDCG/legality of the LLM against popularity and SASRec",
     "pscore": "train the P-Score preference model (the RL reward), AUC per head",
-    "rl": "ECPO preference alignment of the SFT model (P-Score, format and business-rule rewards)",
-    "rl-eval": "before/after RL on held-out users: Recall/NDCG, P-Score, flagged share, legality",
+    "rl": "ECPO alignment of the SFT model (P-Score, hit/rank, format, business rule; SFT term), chosen on valid",
+    "rl-eval": "before/after RL on held-out users: Recall/NDCG, P-Score, flagged share, legality, served model",
     "qa-eval": "QA accuracy per task on held-out users/items; recommendation with and without reasoning",
     "demo": "run every stage in order on the defaults",
     "serve": "serve a run through vLLM's OpenAI-compatible server (trie-constrained SIDs, chat page)",
@@ -63,11 +67,13 @@ def _add_flags(parser: argparse.ArgumentParser, cls: type, taken: set[str]) -> N
             continue
         taken.add(f.name)
         flag = "--" + f.name.replace("_", "-")
+        # the field's help text (config.py) and its default; argparse formats help with %
+        text = f"{f.metadata.get('help', '')} (default: {f.default!r})".strip().replace("%", "%%")
         if f.type in ("bool", bool):
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-            group.add_argument(flag, dest=f.name, type=typ, default=None, help=f"default: {f.default!r}")
+            group.add_argument(flag, dest=f.name, type=typ, default=None, help=text)
 
 
 def _build(cls: type, args: argparse.Namespace) -> Any:
@@ -92,11 +98,12 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("serve", help=HELP["serve"], description=HELP["serve"])
     sp.add_argument("run_dir", nargs="?", default="runs/demo", help="run directory (default: runs/demo)")
     _add_flags(sp, ServeConfig, set())
-    sp.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after --: extra flags passed to vLLM as they are")
+    sp.epilog = "flags go before or after RUN_DIR; only what follows `--` goes to vLLM as it is"
     sp = sub.add_parser("chat", help=HELP["chat"], description=HELP["chat"])
     sp.add_argument("--url", default="http://127.0.0.1:8000", help="server address")
     sp.add_argument("--user-id", required=True, help="the data set's user id whose history the chat starts from")
     sp.add_argument("--k", type=int, default=3, help="items per answer")
+    sp.add_argument("--api-key", default=None, help="the server's API key (default: THINKREC_API_KEY)")
     return p
 
 
@@ -116,7 +123,10 @@ def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
     elif name == "sft-data":
         print(run_sft_data(_build(SFTDataConfig, args), run))
     elif name == "train":
-        print(run_train(_build(TrainConfig, args), run))
+        from eval.curve import curve_callbacks
+
+        cfg = _build(TrainConfig, args)
+        print(run_train(cfg, run, curve_callbacks(cfg, run)))
     elif name == "eval":
         report = run_eval(_build(EvalConfig, args), run, getattr(args, "model_dir", ""))
         print(format_table(report))
@@ -142,20 +152,32 @@ def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
     print(f"== {name} done in {time.time() - t:.0f}s ==", flush=True)
 
 
+def _split_vllm_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`thinkrec serve ... -- VLLM_FLAGS`: ThinkRec's own arguments, and those passed to vLLM."""
+    if argv[:1] == ["serve"] and "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1 :]
+    return argv, []
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    own, vllm_args = _split_vllm_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser().parse_args(own)
     try:
         if args.command == "serve":
             from serve.launch import run_server
 
-            extra = [a for a in args.vllm_args if a != "--"]
-            return run_server(args.run_dir, _build(ServeConfig, args), extra)
+            return run_server(args.run_dir, _build(ServeConfig, args), vllm_args)
         if args.command == "chat":
             from serve.client import terminal_chat
 
-            terminal_chat(args.url, args.user_id, args.k)
+            terminal_chat(args.url, args.user_id, args.k, args.api_key)
             return 0
         run = RunDir(args.run_dir)
+        if args.command == "demo":
+            for flag, value in DEMO_DEFAULTS.items():  # where the user gave no flag of their own
+                if getattr(args, flag) is None:
+                    setattr(args, flag, value)
         for name in DEMO_STAGES if args.command == "demo" else [args.command]:
             _stage(name, args, run)
     except ThinkRecError as e:

@@ -3,78 +3,179 @@ the defaults run the whole pipeline on a 2-core CPU in well under an hour."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "ml-100k"
-    data_dir: str = ""  # folder with ml-100k.{inter,item,user}; empty = the copy shipped in the recbole wheel
-    min_core: int = 5  # k-core filter on users and items
-    max_users: int = 0  # keep only the first N users (by id) for quick runs; 0 = all
+    dataset: str = field(
+        default="ml-100k", metadata={"help": "the data set; ml-100k (MovieLens-100K) is the one built in"}
+    )
+    data_dir: str = field(
+        default="",
+        metadata={"help": "folder with ml-100k.{inter,item,user}; empty = the copy shipped in the recbole wheel"},
+    )
+    min_core: int = field(default=5, metadata={"help": "k-core filter on users and items"})
+    max_users: int = field(default=0, metadata={"help": "keep only the first N users (by id) for quick runs; 0 = all"})
 
 
 @dataclass
 class TokenizerConfig:
-    embed_model: str = ""  # sentence-transformers folder; empty = offline all-MiniLM-L6-v2
-    levels: int = 3
-    codebook_size: int = 0  # codes per level; 0 = sized to the catalogue (see rq_kmeans.auto_codebook_size)
-    kmeans_iters: int = 50
-    balanced: bool = True  # cap each cluster at ceil(n / K) items per level (near-uniform code use)
-    seed: int = 0
-    collab_align: bool = True  # add a collaborative (co-occurrence PMI) part to the content embedding
-    collab_weight: float = 1.0  # weight of the collaborative half against the content half
-    collab_dim: int = 64
-    image_dir: str = ""  # folder of <item_id>.jpg/.png covers or frames; their features join the content embedding
-    image_weight: float = 0.5  # weight of the image part against the (unit-norm) text part
+    embed_model: str = field(
+        default="", metadata={"help": "sentence-transformers folder; empty = offline all-MiniLM-L6-v2"}
+    )
+    levels: int = field(default=3, metadata={"help": "code levels of a Semantic ID (RQ-Kmeans depth)"})
+    codebook_size: int = field(
+        default=0, metadata={"help": "codes per level; 0 = sized to the catalogue (see rq_kmeans.auto_codebook_size)"}
+    )
+    kmeans_iters: int = field(default=50, metadata={"help": "k-means iterations per level"})
+    balanced: bool = field(
+        default=True, metadata={"help": "cap each cluster at ceil(n / K) items per level (near-uniform code use)"}
+    )
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    collab_align: bool = field(
+        default=True, metadata={"help": "add a collaborative (co-occurrence PMI) part to the content embedding"}
+    )
+    collab_weight: float = field(
+        default=1.0, metadata={"help": "weight of the collaborative half against the content half"}
+    )
+    collab_dim: int = field(default=64, metadata={"help": "width of the collaborative (co-occurrence) part"})
+    image_dir: str = field(
+        default="",
+        metadata={"help": "folder of <item_id>.jpg/.png covers or frames; their features join the content embedding"},
+    )
+    image_weight: float = field(
+        default=0.5, metadata={"help": "weight of the image part against the (unit-norm) text part"}
+    )
 
 
 @dataclass
 class ModelConfig:
-    base_model: str = ""  # any HF causal-LM folder; empty = offline SmolLM2-135M-Instruct (GGUF, converted once)
+    base_model: str = field(
+        default="",
+        metadata={"help": "any HF causal-LM folder; empty = offline SmolLM2-135M-Instruct (GGUF, converted once)"},
+    )
 
 
 @dataclass
 class SFTDataConfig:
-    history_len: int = 10  # most recent items shown in a behaviour prompt
-    windows_per_user: int = 8  # behaviour samples per user (sliding next-item targets, newest first)
-    alignment_ratio: float = 0.3  # item-alignment samples per behaviour sample (default mixture)
-    mixture: str = "default"  # default | alignment | activation | enhancement (see sft_data.stage.MIXTURES)
-    ratios: str = ""  # override the mixture's ratios, e.g. "user_qa=0.5,reasoning=0.2" (per behaviour sample)
-    seed: int = 0
+    history_len: int = field(default=10, metadata={"help": "most recent items shown in a behaviour prompt"})
+    windows_per_user: int = field(
+        default=8, metadata={"help": "behaviour samples per user (sliding next-item targets, newest first); 0 = all"}
+    )
+    window_stride: int = field(
+        default=1,
+        metadata={"help": "items between consecutive targets of a user's samples (history_len: every one once)"},
+    )
+    alignment_ratio: float = field(
+        default=0.3, metadata={"help": "item-alignment samples per behaviour sample (default mixture)"}
+    )
+    mixture: str = field(
+        default="default",
+        metadata={"help": "default | alignment | activation | enhancement (see sft_data.stage.MIXTURES)"},
+    )
+    ratios: str = field(
+        default="",
+        metadata={"help": 'override the mixture\'s ratios, e.g. "user_qa=0.5,reasoning=0.2" (per behaviour sample)'},
+    )
+    seed: int = field(default=0, metadata={"help": "random seed"})
 
 
 @dataclass
 class TrainConfig:
-    lora: bool = True  # LoRA adapters (peft) instead of a full fine-tune
-    lora_rank: int = 16
-    epochs: float = 1.0
-    max_steps: int = 300  # overrides epochs when > 0; 300 steps take ~15 min on 2 CPU cores (-1 = use epochs)
-    learning_rate: float = 1e-3
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 384
-    history_loss: bool = True  # also predict each history item of a behaviour prompt from the ones before it
-    warmup_ratio: float = 0.05
-    save_steps: int = 100
-    logging_steps: int = 10
-    bf16: bool = False  # on GPU; the CPU default stays fp32
-    seed: int = 0
-    resume: bool = True  # continue from the newest checkpoint in the run directory
-    mixture: str = "default"  # the sft-data mixture to train on
-    sft_name: str = "sft"  # output folder and manifest entry (one per curriculum stage)
-    init_from: str = ""  # start from this earlier sft_name's model in the run (curriculum); empty = base
+    lora: bool = field(default=True, metadata={"help": "LoRA adapters (peft) instead of a full fine-tune"})
+    lora_rank: int = field(default=16, metadata={"help": "LoRA rank (with --lora)"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the mixture (when max_steps is -1)"})
+    max_steps: int = field(
+        default=300,
+        metadata={"help": "overrides epochs when > 0; 300 steps take ~15 min on 2 CPU cores (-1 = use epochs)"},
+    )
+    learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate (linear warm-up, cosine decay)"})
+    batch_size: int = field(
+        default=8,
+        metadata={
+            "help": "samples per device and step on the padded path (packed rows on a GPU hold batch_tokens instead)"
+        },
+    )
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    max_length: int = field(
+        default=384, metadata={"help": "tokens per sample; longer prompts lose their oldest tokens"}
+    )
+    history_loss: bool = field(
+        default=True, metadata={"help": "also predict each history item of a behaviour prompt from the ones before it"}
+    )
+    warmup_ratio: float = field(
+        default=0.05, metadata={"help": "share of the steps spent warming the learning rate up"}
+    )
+    save_steps: int = field(
+        default=100, metadata={"help": "optimizer steps between checkpoints (a rerun resumes from the newest)"}
+    )
+    logging_steps: int = field(default=10, metadata={"help": "optimizer steps between loss log lines"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on a GPU that has it; the CPU stays fp32"})
+    packing: str = field(
+        default="auto",
+        metadata={"help": "padding-free rows (model.packing): auto (on a GPU; CPU keeps left padding) | on | off"},
+    )
+    batch_tokens: int = field(
+        default=0,
+        metadata={"help": "tokens per packed row; 0 = fit to the model and memory on a GPU, batch_size samples on CPU"},
+    )
+    attention: str = field(
+        default="auto",
+        metadata={"help": "auto: flex_attention for packed rows on a GPU, else the model's own; or sdpa, eager"},
+    )
+    compile: bool = field(
+        default=True,
+        metadata={"help": "torch.compile the decoder layers on a GPU (never on CPU: compiling outlasts a demo's gain)"},
+    )
+    dataloader_workers: int = field(
+        default=-1, metadata={"help": "processes collating batches; -1 = up to 4 on a GPU, none on CPU"}
+    )
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    resume: bool = field(default=True, metadata={"help": "continue from the newest checkpoint in the run directory"})
+    mixture: str = field(default="default", metadata={"help": "the sft-data mixture to train on"})
+    sft_name: str = field(
+        default="sft", metadata={"help": "output folder and manifest entry (one per curriculum stage)"}
+    )
+    init_from: str = field(
+        default="", metadata={"help": "start from this earlier sft_name's model in the run (curriculum); empty = base"}
+    )
+    # the learning curve and early stopping on the valid split (eval.curve)
+    eval_every: int = field(
+        default=0, metadata={"help": "optimizer steps between Recall/NDCG evaluations while training; 0 = no curve"}
+    )
+    curve_users: int = field(default=0, metadata={"help": "users ranked at each evaluation; 0 = all"})
+    curve_splits: str = field(
+        default="valid", metadata={"help": "splits measured at each evaluation: valid (model selection), test"}
+    )
+    curve_beams: int = field(default=20, metadata={"help": "beams of the constrained beam search at each evaluation"})
+    curve_batch_size: int = field(default=8, metadata={"help": "prompts per prefill at each evaluation"})
+    early_stop_patience: int = field(
+        default=0, metadata={"help": "stop after this many evaluations without a valid NDCG@10 gain; 0 = never"}
+    )
+    keep_best: bool = field(
+        default=True, metadata={"help": "with the curve on, save the weights that scored best on valid (not the last)"}
+    )
 
 
 @dataclass
 class EvalConfig:
-    split: str = "test"  # test (last item) or valid (second to last)
-    ks: str = "5,10"
-    num_beams: int = 20  # beams kept by constrained beam search; >= max K
-    eval_users: int = 0  # evaluate on the first N users; 0 = all
-    eval_batch_size: int = 8  # prompts per prefill
-    sasrec_epochs: int = 60
-    seed: int = 0
+    split: str = field(default="test", metadata={"help": "test (last item) or valid (second to last)"})
+    ks: str = field(default="5,10", metadata={"help": "cut-offs K of Recall@K and NDCG@K, comma-separated"})
+    num_beams: int = field(default=20, metadata={"help": "beams kept by constrained beam search; >= max K"})
+    eval_users: int = field(default=0, metadata={"help": "evaluate on the first N users; 0 = all"})
+    eval_batch_size: int = field(default=8, metadata={"help": "prompts per prefill"})
+    baselines: str = field(
+        default="sasrec,gru4rec", metadata={"help": "sequential baselines trained on the same split (eval.baselines)"}
+    )
+    baseline_epochs: int = field(
+        default=200,
+        metadata={"help": "most epochs per baseline; early stopping on valid NDCG@10 ends most runs sooner"},
+    )
+    baseline_patience: int = field(
+        default=5, metadata={"help": "validations (every 2 epochs) without a gain before a baseline stops"}
+    )
+    seed: int = field(default=0, metadata={"help": "random seed"})
 
     def k_list(self) -> list[int]:
         return sorted(int(k) for k in self.ks.split(",") if k.strip())
@@ -82,25 +183,54 @@ class EvalConfig:
 
 @dataclass
 class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    dtype: str = "bfloat16"  # vLLM --dtype (auto, bfloat16, float16, float32)
-    max_model_len: int = 1024  # tokens per request (prompt + answer); longer prompts get a 400
-    kv_cache_gib: int = 1  # KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE, whole GiB)
-    max_num_seqs: int = 64  # requests batched together
-    enforce_eager: bool = True  # skip graph compilation: starts in under a minute on CPU
-    model_dir: str = ""  # serve this HF folder; empty = the run's RL model, else its SFT model, else base
+    host: str = field(default="127.0.0.1", metadata={"help": "address the server listens on"})
+    port: int = field(default=8000, metadata={"help": "port of the server (OpenAI API, ThinkRec routes and the page)"})
+    dtype: str = field(default="bfloat16", metadata={"help": "vLLM --dtype (auto, bfloat16, float16, float32)"})
+    max_model_len: int = field(
+        default=1024, metadata={"help": "tokens per request (prompt + answer); longer prompts get a 400"}
+    )
+    kv_cache_gib: int = field(
+        default=1, metadata={"help": "KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE, whole GiB)"}
+    )
+    max_num_seqs: int = field(default=64, metadata={"help": "requests batched together"})
+    enforce_eager: bool = field(
+        default=True, metadata={"help": "skip graph compilation: starts in under a minute on CPU"}
+    )
+    model_dir: str = field(
+        default="",
+        metadata={
+            "help": "serve this HF folder; empty = the model the manifest records as served, else SFT, else base"
+        },
+    )
+    api_key: str = field(
+        default="",
+        metadata={"help": "required on every route but /health and /ping; empty = THINKREC_API_KEY, else open"},
+    )
+    num_beams: int = field(
+        default=20, metadata={"help": "/thinkrec beam width when a request names none (eval's default; at least k)"}
+    )
+    block_size: int = field(
+        default=32,
+        metadata={"help": "KV block in tokens: prefix-cache hits land on its multiples (CPU takes multiples of 32)"},
+    )
+    max_restarts: int = field(
+        default=5, metadata={"help": "restarts of a dead engine within 10 minutes before `thinkrec serve` gives up"}
+    )
 
 
 @dataclass
 class PScoreConfig:
-    pscore_dim: int = 64
-    pscore_history: int = 20  # most recent items the preference model attends over
-    pscore_negatives: int = 2  # random unwatched items per watched one (the "watch" head's zeros)
-    pscore_epochs: int = 3
-    pscore_lr: float = 3e-3
-    head_weights: str = "watch=0.5,like=0.3,love=0.2"  # fusion of the heads' probabilities into one score
-    seed: int = 0
+    pscore_dim: int = field(default=64, metadata={"help": "embedding width of the preference model"})
+    pscore_history: int = field(default=20, metadata={"help": "most recent items the preference model attends over"})
+    pscore_negatives: int = field(
+        default=2, metadata={"help": 'random unwatched items per watched one (the "watch" head\'s zeros)'}
+    )
+    pscore_epochs: int = field(default=3, metadata={"help": "training epochs of the preference model"})
+    pscore_lr: float = field(default=3e-3, metadata={"help": "Adam learning rate of the preference model"})
+    head_weights: str = field(
+        default="watch=0.5,like=0.3,love=0.2", metadata={"help": "fusion of the heads' probabilities into one score"}
+    )
+    seed: int = field(default=0, metadata={"help": "random seed"})
 
     def weights(self) -> dict[str, float]:
         out = {}
@@ -112,35 +242,92 @@ class PScoreConfig:
 
 @dataclass
 class RLConfig:
-    rl_users: int = 64  # users whose histories RL trains on (the first N); later users are held out
-    rl_eval_users: int = 100  # held-out users for the before/after report
-    rl_steps: int = 30  # policy updates
-    users_per_step: int = 4
-    group_size: int = 8  # G items sampled per user from the old policy
-    temperature: float = 1.0
-    updates_per_sample: int = 2  # policy updates per batch of samples (the old policy is the sampler)
-    epsilon: float = 0.2  # PPO clip
-    delta: float = 0.1  # early clip: negative-advantage ratios are capped at 1 + epsilon + delta
-    rl_learning_rate: float = 2e-4
-    rl_lora_rank: int = 16
-    format_samples: int = 4  # K legal samples, chosen at random, per user for the format loss
-    format_weight: float = 0.5
-    sft_weight: float = 0.0  # optional SFT loss on the behaviour mixture, trained together
-    flagged_genre: str = "Action"  # the business rule's item class
-    rule_threshold: float = 0.2  # f: damping starts once the class's share of a group passes this
-    rule_alpha: float = 0.5  # alpha: flagged items' reward is multiplied by this; 1.0 = no rule
-    rl_save_steps: int = 10
-    rl_name: str = "rl"  # output folder and manifest entry (e.g. rl_norule for a run with rule_alpha 1)
-    seed: int = 0
+    rl_users: int = field(
+        default=64, metadata={"help": "users whose train parts RL trains on (the first N); later users are held out"}
+    )
+    rl_eval_users: int = field(
+        default=300, metadata={"help": "held-out users for the before/after report (test split), right after rl_users"}
+    )
+    rl_select_users: int = field(
+        default=64, metadata={"help": "the last N users: checkpoints are chosen on their valid split (never tested on)"}
+    )
+    rl_steps: int = field(default=30, metadata={"help": "policy updates"})
+    users_per_step: int = field(default=4, metadata={"help": "users whose groups make one policy update"})
+    rl_window: int = field(
+        default=32, metadata={"help": "each step's target is one of a user's newest N train items (never valid/test)"}
+    )
+    rollout: str = field(
+        default="beam",
+        metadata={"help": "beam (trie beam search, the report's choice: the group is what users get) | sample"},
+    )
+    group_size: int = field(
+        default=16, metadata={"help": "G items per user from the old policy (the top-G beams, or G samples)"}
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "sampling temperature (rollout sample, and the free samples of the format reward)"},
+    )
+    updates_per_sample: int = field(
+        default=2, metadata={"help": "policy updates per batch of samples (the old policy is the sampler)"}
+    )
+    epsilon: float = field(default=0.2, metadata={"help": "PPO clip"})
+    delta: float = field(
+        default=0.1, metadata={"help": "early clip: negative-advantage ratios are capped at 1 + epsilon + delta"}
+    )
+    rl_learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate of the ECPO policy (LoRA)"})
+    rl_lora_rank: int = field(default=16, metadata={"help": "LoRA rank of the ECPO policy"})
+    pscore_weight: float = field(
+        default=1.0, metadata={"help": "weight of the preference reward (P-Score, with the business rule)"}
+    )
+    hit_weight: float = field(
+        default=1.0, metadata={"help": "reward of the sample that is the user's real next (train) item"}
+    )
+    rank_weight: float = field(
+        default=1.0,
+        metadata={"help": "penalty of wrong items in a group that holds the real item, heavier at higher rank"},
+    )
+    format_samples: int = field(
+        default=4, metadata={"help": "K legal samples, chosen at random, per user for the format loss"}
+    )
+    format_weight: float = field(
+        default=0.1,
+        metadata={"help": "small: its samples are random legal items, and pushing them up flattens the ranking"},
+    )
+    sft_weight: float = field(
+        default=1.0,
+        metadata={"help": "SFT loss on the step's (history, next train item) pairs, trained together (0 = off)"},
+    )
+    flagged_genre: str = field(default="Action", metadata={"help": "the business rule's item class"})
+    rule_threshold: float = field(
+        default=0.2, metadata={"help": "f: damping starts once the class's share of a group passes this"}
+    )
+    rule_alpha: float = field(
+        default=0.5, metadata={"help": "alpha: flagged items' reward is multiplied by this; 1.0 = no rule"}
+    )
+    rl_save_steps: int = field(
+        default=10,
+        metadata={"help": "checkpoint (and valid-split evaluation for the choice of the model) every N steps"},
+    )
+    rl_name: str = field(
+        default="rl", metadata={"help": "output folder and manifest entry (e.g. rl_norule for a run with rule_alpha 1)"}
+    )
+    seed: int = field(default=0, metadata={"help": "random seed"})
 
 
 @dataclass
 class QAEvalConfig:
-    qa_models: str = "base,sft"  # models to compare: base (untrained, SID tokens added) and trained sft names
-    qa_questions: int = 40  # held-out questions per multiple-choice task
-    qa_rec_users: int = 40  # held-out users for the rationale and the with/without-reasoning recommendation
-    qa_k: int = 10  # Recall/NDCG cut-off (also the beam width)
-    qa_history_len: int = 10  # items shown in user-QA and reasoning prompts (as the QA mixture was built)
-    think_tokens: int = 64  # rationale length cap
-    qa_batch_size: int = 8
-    seed: int = 0
+    qa_models: str = field(
+        default="base,sft",
+        metadata={"help": "models to compare: base (untrained, SID tokens added) and trained sft names"},
+    )
+    qa_questions: int = field(default=40, metadata={"help": "held-out questions per multiple-choice task"})
+    qa_rec_users: int = field(
+        default=40, metadata={"help": "held-out users for the rationale and the with/without-reasoning recommendation"}
+    )
+    qa_k: int = field(default=10, metadata={"help": "Recall/NDCG cut-off (also the beam width)"})
+    qa_history_len: int = field(
+        default=10, metadata={"help": "items shown in user-QA and reasoning prompts (as the QA mixture was built)"}
+    )
+    think_tokens: int = field(default=64, metadata={"help": "rationale length cap"})
+    qa_batch_size: int = field(default=8, metadata={"help": "prompts per forward pass"})
+    seed: int = field(default=0, metadata={"help": "random seed"})

@@ -1,0 +1,167 @@
+"""Packed (padding-free) training batches: same loss and gradients as the left-padded batch of the
+same samples, packs that hold every sample once, and the Trainer of `thinkrec train` running on them.
+A tiny random Llama on CPU: quick."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from model.collate import IGNORE, LeftPadCollator, answer_loss
+from model.packing import PackedCollator, chunked_cross_entropy, pack_indices, packed_loss
+
+VOCAB, PAD = 200, 2
+
+
+def tiny_model(attention: str = "sdpa") -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        pad_token_id=PAD,
+    )
+    cfg._attn_implementation = attention
+    return LlamaForCausalLM(cfg).eval()
+
+
+def rows(n: int = 5, seed: int = 0) -> list[dict]:
+    """Chat-like rows: a prompt with some labelled 'code' tokens (the history loss), then an answer."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        p_len, a_len = 12 + 7 * i, 3 + i % 3
+        ids = torch.randint(10, VOCAB, (p_len + a_len,), generator=g).tolist()
+        labels = [t if (j % 5 == 3) else IGNORE for j, t in enumerate(ids[:p_len])] + ids[p_len:]
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("budget", [None, 256])
+def test_packed_loss_and_grads_match_the_padded_batch(attention, budget):
+    model = tiny_model(attention)
+    batch = rows()
+    padded = answer_loss(model, LeftPadCollator(PAD)(batch))
+    padded.backward()
+    grad_padded = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+    model.zero_grad()
+    packed = packed_loss(model, PackedCollator(PAD, budget)(batch))
+    packed.backward()
+    grad_packed = model.model.layers[0].self_attn.q_proj.weight.grad
+    assert torch.allclose(packed, padded, atol=1e-5), (packed.item(), padded.item())
+    assert torch.allclose(grad_packed, grad_padded, atol=1e-6)
+
+
+def test_samples_do_not_see_each_other():
+    # the second sample's loss is the same alone and after the first one in a packed row
+    model = tiny_model()
+    a, b = rows(2)
+    alone = packed_loss(model, PackedCollator(PAD)([b]))
+    b_only = {**a, "labels": [IGNORE] * len(a["labels"])}  # a present, but predicting nothing
+    together = packed_loss(model, PackedCollator(PAD)([b_only, b]))
+    assert torch.allclose(alone, together, atol=1e-5)
+
+
+def test_collator_shapes_targets_and_filler():
+    batch = PackedCollator(PAD, 128)(rows(3))
+    n = sum(len(r["input_ids"]) for r in rows(3))
+    assert batch["input_ids"].shape == (1, 128) and batch["position_ids"].shape == (1, 128)
+    assert batch["position_ids"][0, n:].tolist() == list(range(128 - n))  # the filler is its own sample
+    assert (batch["input_ids"][0, n:] == PAD).all()
+    assert int(batch["keep"].max()) < n and len(batch["keep"]) == len(batch["targets"])
+    with pytest.raises(ValueError, match="batch_tokens"):
+        PackedCollator(PAD, 16)(rows(3))
+
+
+def test_pack_indices_hold_every_sample_once_within_budget():
+    lengths = [int(x) for x in torch.randint(20, 300, (500,), generator=torch.Generator().manual_seed(1))]
+    packs = pack_indices(lengths, 2048, seed=0)
+    assert sorted(i for p in packs for i in p) == list(range(500))
+    assert all(sum(lengths[i] for i in p) <= 2048 for p in packs)
+    assert sum(lengths) / (2048 * len(packs)) > 0.9  # next-fit wastes under one sample per pack
+    assert pack_indices(lengths, 2048, seed=0) == packs  # deterministic: resume sees the same packs
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_indices([10, 3000], 2048, seed=0)
+
+
+def test_chunked_cross_entropy_matches_the_plain_one():
+    logits = torch.randn(50, VOCAB, requires_grad=True)
+    targets = torch.randint(0, VOCAB, (50,))
+    ours = chunked_cross_entropy(logits, targets, chunk=7)
+    ours.backward()
+    grad = logits.grad.clone()
+    logits.grad = None
+    plain = torch.nn.functional.cross_entropy(logits, targets)
+    plain.backward()
+    assert torch.allclose(ours, plain, atol=1e-6) and torch.allclose(grad, logits.grad, atol=1e-7)
+
+
+@pytest.mark.parametrize("batch_tokens", [0, 512])
+def test_the_trainer_trains_on_packed_batches(tmp_path, batch_tokens):
+    from datasets import Dataset
+
+    from model.train import build_trainer
+    from thinkrec.config import TrainConfig
+
+    encoded = Dataset.from_list(rows(12))
+    cfg = TrainConfig(
+        max_steps=3, batch_size=4, packing="on", batch_tokens=batch_tokens, save_steps=1000, logging_steps=1
+    )
+    model = tiny_model().train()
+    trainer, speed = build_trainer(
+        cfg, model, SimpleNamespace(pad_token_id=PAD, save_pretrained=lambda _dir: None), encoded, tmp_path
+    )
+    assert speed.packing and speed.batch_tokens == batch_tokens and not speed.compile  # CPU: no compile
+    before = model.lm_head.weight.detach().clone()
+    trainer.train()
+    assert trainer.state.global_step == 3
+    assert not torch.equal(before, model.lm_head.weight)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
+
+
+def test_cpu_keeps_left_padding_by_default_and_bad_values_are_named():
+    from model.fastpath import plan
+    from thinkrec.config import TrainConfig
+    from thinkrec.errors import ThinkRecError
+
+    speed = plan(TrainConfig(), tiny_model())
+    assert not speed.packing and not speed.compile and not speed.bf16 and speed.attention is None
+    with pytest.raises(ThinkRecError, match="packing"):
+        plan(TrainConfig(packing="yes"), tiny_model())
+
+
+def test_gradient_accumulation_on_packed_rows_matches_one_pack_per_step(tmp_path):
+    # grad_accum 2 (packs collated in a worker process, as on a GPU): each micro-batch is one pack
+    # within batch_tokens, and the first step's loss is the mean of the grad_accum-1 run's first two
+    # steps, which see the same packs with the same weights (the first step's learning rate is 0)
+    from datasets import Dataset
+
+    from model.train import build_trainer
+    from thinkrec.config import TrainConfig
+
+    encoded = Dataset.from_list(rows(12))
+    tok = SimpleNamespace(pad_token_id=PAD, save_pretrained=lambda _dir: None)
+    losses = {}
+    for accum, steps in ((1, 2), (2, 2)):
+        cfg = TrainConfig(
+            max_steps=steps,
+            grad_accum=accum,
+            packing="on",
+            batch_tokens=128,
+            dataloader_workers=1,
+            save_steps=1000,
+            logging_steps=1,
+        )
+        trainer, _ = build_trainer(cfg, tiny_model().train(), tok, encoded, tmp_path / str(accum))
+        assert len(trainer.train_dataset) >= 2 * steps and trainer.data_collator.budget == 128
+        trainer.train()
+        assert trainer.state.global_step == steps
+        losses[accum] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in losses.values())
+    assert losses[2][0] == pytest.approx((losses[1][0] + losses[1][1]) / 2, rel=1e-4), losses
