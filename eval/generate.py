@@ -54,7 +54,8 @@ def _prefill(model, tok, prompts: list[list[dict]], answer_prefixes: list[str] |
     texts = [generation_prompt(tok, m, answer_prefixes[i] if answer_prefixes else "") for i, m in enumerate(prompts)]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    return enc, model(**enc, position_ids=pos, use_cache=True)
+    # only the last position's logits are used: the full (B, T, vocab) tensor would cost GiBs
+    return enc, model(**enc, position_ids=pos, use_cache=True, logits_to_keep=1)
 
 
 @torch.no_grad()

@@ -1,25 +1,32 @@
-"""Stage `eval`: the trained LLM (constrained beam search) against popularity and SASRec on the
-held-out split; legality with and without the constraint. Prints a table and writes JSON."""
+"""Stage `eval`: the trained LLM (constrained beam search) against popularity, SASRec and GRU4Rec
+on the held-out split; legality with and without the constraint. Prints a table and writes
+eval/metrics_<split>.json and eval/quality_<split>.json (rows per model, protocol, training
+config, device, date)."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import torch
 
-from eval.baselines import popularity_rank, sasrec_rank, train_sasrec
-from eval.generate import beam_recommend
+from eval.baselines import BASELINES, popularity_rank, sequential_rank, train_sequential
+from eval.curve import llm_rank
 from eval.metrics import rank_metrics
 from model.base import load_causal_lm
 from model.train import trained_model_dir
-from sft_data.prompts import behaviour_prompt
 from thinkrec.config import EvalConfig
 from thinkrec.data import load_prepared
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
-from tokenizer_ext.sid import TokenTrie
 from tokenizer_ext.stage import load_index
+
+PROTOCOL = (
+    "MovieLens-100K, every rating an interaction, iterated 5-core (943 users x 1,349 items x 99,287 interactions), "
+    "leave-last-out (test = last item, valid = second to last, train = the rest), full ranking over the catalogue, "
+    "every item the user saw before the target excluded; the test history includes the valid item"
+)
 
 
 def run_eval(cfg: EvalConfig, run: RunDir, model_dir: str = "") -> dict:
@@ -28,6 +35,9 @@ def run_eval(cfg: EvalConfig, run: RunDir, model_dir: str = "") -> dict:
     ks = cfg.k_list()
     if not ks or cfg.num_beams < max(ks):
         raise ThinkRecError(f"num_beams ({cfg.num_beams}) must be >= the largest K in {ks}")
+    unknown = [b for b in _names(cfg.baselines) if b not in BASELINES]
+    if unknown:
+        raise ThinkRecError(f"baselines: unknown {unknown}; choose from {', '.join(BASELINES)}")
     ds, index = load_prepared(run), load_index(run)
     sft_cfg = run.manifest()["stages"].get("sft_data", {}).get("config", {})
     history_len = int(sft_cfg.get("history_len", 10))
@@ -40,26 +50,31 @@ def run_eval(cfg: EvalConfig, run: RunDir, model_dir: str = "") -> dict:
     # baselines see the same data the LLM was trained on: every user's sequence before the target
     before_target = [u.history_for(cfg.split) for u in ds.users]
     results["popularity"] = rank_metrics(popularity_rank(before_target, histories, kmax), targets, ks)
-    t = time.time()
-    sasrec = train_sasrec(len(ds.items), [u.train_items() for u in ds.users], cfg.sasrec_epochs, cfg.seed)
-    results["sasrec"] = rank_metrics(sasrec_rank(sasrec, histories, kmax), targets, ks)
-    results["sasrec"]["train_s"] = time.time() - t
+    valid = ([u.history_for("valid") for u in ds.users], [u.target_for("valid") for u in ds.users])
+    for name in _names(cfg.baselines):
+        t = time.time()
+        net = BASELINES[name](len(ds.items)).to("cuda" if torch.cuda.is_available() else "cpu")
+        fit = train_sequential(
+            net, len(ds.items), [u.train_items() for u in ds.users], valid,
+            max_epochs=cfg.baseline_epochs, patience=cfg.baseline_patience, seed=cfg.seed, desc=name,
+        )  # fmt: skip
+        results[name] = rank_metrics(sequential_rank(fit.model, histories, kmax), targets, ks)
+        results[name].update(train_s=round(time.time() - t, 1), best_epoch=fit.best_epoch, valid=fit.valid)
 
     path = model_dir or trained_model_dir(run)
     torch.manual_seed(cfg.seed)
     tok, model = load_causal_lm(path)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
     model.eval()
-    trie = TokenTrie(index, tok)
-    prompts = [behaviour_prompt(ds, index, h, history_len) for h in histories]
     t = time.time()
-    seen = [{index.codes[i] for i in h} for h in histories]  # like the baselines, never re-recommend
-    beams = beam_recommend(model, tok, trie, index.lookup, prompts, cfg.num_beams, cfg.eval_batch_size, exclude=seen)
+    _, modes = llm_rank(
+        model, tok, ds, index, histories, history_len, kmax, cfg.num_beams, cfg.eval_batch_size, free=True
+    )
     seconds = time.time() - t
     for constrained, name in ((True, "thinkrec"), (False, "thinkrec_unconstrained")):
-        out = beams[constrained]
-        ranked = [[i for i in found if i not in set(h)][:kmax] for found, h in zip(out.items, histories, strict=True)]
-        results[name] = rank_metrics(ranked, targets, ks)
-        results[name]["legality"] = out.legal / max(1, out.total)
+        results[name] = rank_metrics(modes[constrained]["ranked"], targets, ks)
+        results[name]["legality"] = modes[constrained]["legality"]
     results["thinkrec"]["seconds"] = seconds
     report = {
         "split": cfg.split,
@@ -71,8 +86,43 @@ def run_eval(cfg: EvalConfig, run: RunDir, model_dir: str = "") -> dict:
     }
     out = run.sub("eval")
     (out / f"metrics_{cfg.split}.json").write_text(json.dumps(report, indent=2))
-    run.record(f"eval_{cfg.split}", cfg, {"metrics": f"eval/metrics_{cfg.split}.json"})
+    (out / f"quality_{cfg.split}.json").write_text(json.dumps(quality_report(report, run), indent=2))
+    run.record(
+        f"eval_{cfg.split}",
+        cfg,
+        {"metrics": f"eval/metrics_{cfg.split}.json", "quality": f"eval/quality_{cfg.split}.json"},
+    )
     return report
+
+
+def _names(csv: str) -> list[str]:
+    return [b.strip() for b in csv.split(",") if b.strip()]
+
+
+def quality_report(report: dict, run: RunDir) -> dict:
+    """The report in the shape of eval/results/quality_ml100k.json: metric rows per model, the
+    protocol, how the LLM was trained (from the manifest) and where it ran."""
+    keep = [f"{m}@{k}" for m in ("recall", "ndcg") for k in report["ks"]]
+    rows = {name: {c: round(m[c], 4) for c in keep if c in m} for name, m in report["results"].items()}
+    stages = run.manifest()["stages"]
+    train = {
+        "sft_data": stages.get("sft_data", {}).get("config", {}),
+        "train": stages.get("train", {}).get("config", {}),
+        "summary": stages.get("train", {}).get("summary", {}),
+    }
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name()
+    else:
+        device = f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return {
+        "split": report["split"],
+        "users": report["users"],
+        "rows": rows,
+        "protocol": PROTOCOL,
+        "train": train,
+        "device": device,
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def format_table(report: dict) -> str:

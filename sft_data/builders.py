@@ -16,13 +16,20 @@ def _sample(messages: list[dict], answer: str, task: str) -> dict:
     return {"messages": [*messages, {"role": "assistant", "content": answer}], "task": task}
 
 
-def behaviour_samples(ds: Dataset, index: SIDIndex, history_len: int, windows_per_user: int) -> HFDataset:
-    """History -> next item, for the newest `windows_per_user` targets of each user's train part
-    (the valid and test targets are never used)."""
+def behaviour_samples(
+    ds: Dataset, index: SIDIndex, history_len: int, windows_per_user: int, window_stride: int = 1
+) -> HFDataset:
+    """History -> next item, for targets of each user's train part taken from the newest end,
+    `window_stride` items apart, at most `windows_per_user` of them (0 = as many as fit). The
+    valid and test targets are never used. With the dense history loss every history item is a
+    target too, so a stride of up to `history_len` still teaches every train transition."""
+    if history_len < 1 or window_stride < 1 or windows_per_user < 0:
+        raise ValueError("history_len and window_stride must be >= 1, windows_per_user >= 0")
     rows = []
     for u in ds.users:
         train = u.train_items()
-        for t in range(len(train) - 1, max(0, len(train) - 1 - windows_per_user), -1):
+        targets = range(len(train) - 1, 0, -window_stride)
+        for t in targets[:windows_per_user] if windows_per_user else targets:
             prompt = behaviour_prompt(ds, index, train[:t], history_len)
             rows.append(_sample(prompt, index.sid(train[t]), "behaviour"))
     return HFDataset.from_list(rows)

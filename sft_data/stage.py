@@ -56,11 +56,11 @@ def mixture_ratios(cfg: SFTDataConfig) -> dict[str, float]:
 
 
 def run_sft_data(cfg: SFTDataConfig, run: RunDir) -> dict:
-    if cfg.history_len < 1 or cfg.windows_per_user < 1 or cfg.alignment_ratio < 0:
-        raise ThinkRecError("history_len and windows_per_user must be >= 1 and alignment_ratio >= 0")
+    if cfg.history_len < 1 or cfg.window_stride < 1 or cfg.windows_per_user < 0 or cfg.alignment_ratio < 0:
+        raise ThinkRecError("history_len and window_stride must be >= 1, windows_per_user and alignment_ratio >= 0")
     ratios = mixture_ratios(cfg)
     ds, index = load_prepared(run), load_index(run)
-    behaviour = behaviour_samples(ds, index, cfg.history_len, cfg.windows_per_user)
+    behaviour = behaviour_samples(ds, index, cfg.history_len, cfg.windows_per_user, cfg.window_stride)
     n_base = len(behaviour)
     n = {task: int(round(n_base * r)) for task, r in ratios.items()}
     parts = []

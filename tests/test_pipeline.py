@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def report(trained_run):
     run, _ = trained_run
-    return run_eval(EvalConfig(eval_users=TEST_EVAL_USERS, sasrec_epochs=40), run)
+    return run_eval(EvalConfig(eval_users=TEST_EVAL_USERS, baselines=""), run)  # baselines: tests/test_baselines.py
 
 
 def test_trained_model_beats_popularity_on_the_test_split(report):

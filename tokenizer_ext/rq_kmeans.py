@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
 from thinkrec.errors import ThinkRecError
@@ -50,6 +49,8 @@ def fit_rq_kmeans(
     codes = np.zeros((n, levels), dtype=np.int64)
     books = []
     for level in range(levels):
+        import faiss  # here, not at import: stages that only read SIDs need no faiss
+
         km = faiss.Kmeans(d, k, niter=iters, seed=seed + level, verbose=False, spherical=False)
         km.train(residual)
         centroids = km.centroids.copy()
@@ -77,6 +78,8 @@ def _balanced_assign(x: np.ndarray, centroids: np.ndarray, candidates: int = 16)
     items whose candidates all fill up go to the nearest cluster with room left."""
     n, k = len(x), len(centroids)
     cap = math.ceil(n / k)
+    import faiss
+
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(centroids)
     dist, nearest = index.search(x, min(k, candidates))
