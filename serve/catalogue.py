@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
+from rl.served import served_model_dir
 from sft_data.prompts import behaviour_prompt, item_description
 from thinkrec.data import Dataset, load_prepared
 from thinkrec.errors import ThinkRecError
@@ -32,9 +33,8 @@ class Catalogue:
         run = RunDir(run_dir)
         ds, index = load_prepared(run), load_index(run)
         cfg = run.manifest()["stages"].get("sft_data", {}).get("config", {})
-        if model_dir is None:  # the most trained model the run has: RL-aligned, else SFT, else base
-            candidates = [run.path / "rl" / "model", run.path / "sft" / "model", run.path / "model_base"]
-            model_dir = next((p for p in candidates if (p / "config.json").exists()), candidates[-1])
+        if model_dir is None:  # the run's recorded choice by a valid metric (rl/served.py), else SFT, else base
+            model_dir = served_model_dir(run)
         return cls(run, ds, index, Path(model_dir), int(cfg.get("history_len", 10)))
 
     @cached_property

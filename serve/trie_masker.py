@@ -3,18 +3,19 @@ benchmarks time it alone). Modes: see serve/logits_processor.py."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from tokenizer_ext.sid import TokenTrie
 
-MODES = ("constrain", "items", "off")
+MODES = ("constrain", "items", "off", "score")
 
 
 @dataclass
 class _Row:
-    mode: str  # "constrain", "items" or "tail" (prompt ended inside an open SID)
+    mode: str  # "constrain", "items", "score" or "tail" (prompt ended inside an open SID)
     output: list[int]  # vLLM's live list of generated token ids
     seen: int  # how many of `output` have been folded into `prefix`
     prefix: tuple[int, ...] | None  # codes since the open <|sid_begin|>; None = outside a SID
@@ -66,11 +67,13 @@ class TrieMasker:
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return logits
-        inside_rows, inside_cols, outside, sid_only = [], [], [], []
+        inside_rows, inside_cols, outside, sid_only, score = [], [], [], [], []
         for r, row in self.rows.items():
             if r >= logits.shape[0]:
                 continue
-            if row.prefix is not None:
+            if row.mode == "score" and row.prefix is not None and len(row.prefix) < self.trie.levels:
+                score.append((r, self._allowed(row.prefix)))
+            elif row.prefix is not None:
                 ids = self._allowed(row.prefix)
                 inside_rows.append(torch.full_like(ids, r))
                 inside_cols.append(ids)
@@ -79,6 +82,8 @@ class TrieMasker:
             elif row.mode == "constrain":
                 outside.append(r)
             # "tail" rows whose SID has closed are free again
+        if score:
+            self._apply_score(logits, score)
         if inside_rows:
             # keep only the trie's children: save them, blank the rows, put them back
             rows_t, cols_t = torch.cat(inside_rows), torch.cat(inside_cols)
@@ -95,3 +100,19 @@ class TrieMasker:
             logits[idx.squeeze(1)] = -torch.inf
             logits[idx, self._sid_only.unsqueeze(0)] = keep
         return logits
+
+    def _apply_score(self, logits: torch.Tensor, rows: list[tuple[int, torch.Tensor]]) -> None:
+        """Rows in "score" mode: the trie's children keep their log-probabilities under the *unmasked*
+        distribution (as HF's trie beam search scores them), and the rest of the mass is spread evenly
+        over every other token, so the engine's processed logprobs (a log-softmax after this) are
+        exactly those. Renormalising over the children alone would rank differently. Spread thin,
+        the rest stays below the best child, so greedy decoding walks on down the trie."""
+        idx = torch.tensor([r for r, _ in rows], dtype=torch.long, device=logits.device)
+        lse = torch.logsumexp(logits[idx].float(), dim=-1)
+        vocab = logits.shape[1]
+        for (r, ids), norm in zip(rows, lse.tolist(), strict=True):
+            keep = logits[r, ids].float() - norm
+            inside = torch.logsumexp(keep, dim=0).clamp(max=0.0)
+            # log((1 - p_inside) / other tokens); -inf when the children hold all the mass
+            logits[r] = (torch.log(-torch.expm1(inside)) - math.log(vocab - len(ids))).to(logits.dtype)
+            logits[r, ids] = keep.to(logits.dtype)

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tokenized_run):
     run, _ = tokenized_run
-    srv = Server(run.path, "--max-model-len", "512")
+    # float32, as eval's HF search runs on CPU: the served ranking is compared with it below
+    srv = Server(run.path, "--max-model-len", "512", "--dtype", "float32")
     yield srv
     srv.stop()
 
@@ -92,6 +93,34 @@ def test_recommend_endpoint_returns_unseen_catalogue_items(server, catalogue):
     assert not seen & {it["item_id"] for it in items}
     for it in items:
         assert catalogue.index.sid(catalogue.ds.item_by_id(it["item_id"]).idx) == it["sid"]
+    scores = [it["score"] for it in items]
+    assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
+
+
+def test_recommend_is_eval_beam_search(server, catalogue):
+    """The engine-side search returns what eval's HF trie beam search returns on the same model,
+    the history excluded, in the same order. Histories of one item whose SID prefix holds others too:
+    HF's search keeps a prefix whose items are all excluded (a wasted beam), the served one skips it
+    (tests/test_serve_search.py), and otherwise the two must agree item for item."""
+    from eval.generate import beam_recommend
+    from model.base import load_causal_lm
+    from tokenizer_ext.sid import TokenTrie
+
+    index = catalogue.index
+    shared = [i for i, c in enumerate(index.codes) if len(index.next_codes(c[:-1])) >= 2]
+    histories = [[shared[0]], [shared[len(shared) // 2]]]
+    client = ThinkRecClient(server.url)
+    served = [
+        [it["item_id"] for it in client.recommend(history=[catalogue.ds.items[i].item_id for i in h], k=8, num_beams=8)]
+        for h in histories
+    ]
+    tok, model = load_causal_lm(catalogue.model_dir, "float32")
+    trie = TokenTrie(index, tok)
+    exclude = [{index.codes[i] for i in h} for h in histories]
+    messages = [catalogue.messages(h) for h in histories]
+    hf = beam_recommend(model, tok, trie, index.lookup, messages, 8, 2, modes=(True,), exclude=exclude)
+    expected = [[catalogue.ds.items[i].item_id for i in found[:8]] for found in hf[True].items]
+    assert served == expected
 
 
 def test_mixed_batch_leaves_free_requests_alone(server, catalogue):
@@ -164,6 +193,9 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, catalogue):
         "recommend empty": ("/thinkrec/recommend", {"history": []}),
         "recommend bad k": ("/thinkrec/recommend", {"user_id": catalogue.ds.users[0].user_id, "k": 0}),
         "chat no messages": ("/thinkrec/chat", {"user_id": catalogue.ds.users[0].user_id, "messages": []}),
+        "chat turn not an object": ("/thinkrec/chat", {"user_id": catalogue.ds.users[0].user_id, "messages": ["hi"]}),
+        "recommend k not an integer": ("/thinkrec/recommend", {"user_id": catalogue.ds.users[0].user_id, "k": True}),
+        "recommend unknown field": ("/thinkrec/recommend", {"user": catalogue.ds.users[0].user_id}),
     }
     for name, (path, body) in cases.items():
         if isinstance(body, str):
