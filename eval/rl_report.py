@@ -1,7 +1,9 @@
 """Before and after RL, on users RL never trained on: Recall/NDCG of the top-K (constrained beam
 search, test split), the mean P-Score of those K items and of sampled groups (the RL reward),
 the share of the business rule's flagged class among the top-K, and how often free (unconstrained)
-samples spell a catalogue item. One row per model: the SFT model and every RL run in the run dir.
+samples spell a catalogue item. One row per model: the SFT model and every RL run in the run dir,
+each RL row with the valid-split metrics its checkpoint was chosen by; `served` is the run's
+recorded choice of model (rl/served.py).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import json
 import numpy as np
 import torch
 
-from eval.generate import beam_recommend, trie_sample
-from eval.metrics import rank_metrics
+from eval.generate import trie_sample
 from model.base import load_causal_lm
 from model.train import trained_model_dir
-from rl.stage import flagged_items, load_pscore, rl_users
+from rl.select import split_examples, topk_metrics
+from rl.served import SERVED
+from rl.stage import flagged_items, history_len_of, load_pscore, rl_users
 from sft_data.prompts import behaviour_prompt
 from thinkrec.config import RLConfig
 from thinkrec.data import load_prepared
@@ -35,47 +38,56 @@ def rl_runs(run: RunDir) -> dict[str, dict]:
     }
 
 
-def run_rl_eval(cfg: RLConfig, run: RunDir, k: int = 10, group: int = 8) -> dict:
+def _sample(model, tok, trie, prompts, group, constrained, temperature, exclude, gen, chunk: int = 16) -> list:
+    """trie_sample over chunks of prompts: its prefill keeps every position's logits, so a few
+    hundred prompts at once would take many GB."""
+    out = []
+    for s in range(0, len(prompts), chunk):
+        ex = exclude[s : s + chunk] if exclude else None
+        out += trie_sample(model, tok, trie, prompts[s : s + chunk], group, constrained, temperature, ex, gen)
+    return out
+
+
+def run_rl_eval(cfg: RLConfig, run: RunDir, k: int = 10, group: int = 8, sample_users: int = 100) -> dict:
+    """The report; the sampled reward and free legality are measured on the first `sample_users`
+    held-out users only (two more prompt passes per user, and they are the secondary figures)."""
     ds, index = load_prepared(run), load_index(run)
     _, held = rl_users(ds, cfg)
     pscore = load_pscore(run)
     flagged = flagged_items(ds, cfg.flagged_genre)
-    history_len = int(run.manifest()["stages"].get("sft_data", {}).get("config", {}).get("history_len", 10))
-    histories = [ds.users[u].history_for("test") for u in held]
-    targets = [ds.users[u].target_for("test") for u in held]
-    prompts = [behaviour_prompt(ds, index, h, history_len) for h in histories]
-    exclude = [{index.codes[i] for i in h} for h in histories]
+    history_len = history_len_of(run)
+    histories, targets = split_examples(ds, held, "test")
+    prompts = [behaviour_prompt(ds, index, h, history_len) for h in histories[:sample_users]]
+    exclude = [{index.codes[i] for i in h} for h in histories[:sample_users]]
     models = {"sft": trained_model_dir(run)}
-    rules = {"sft": None}
+    rules, valid = {"sft": None}, {"sft": None}
     for name, entry in rl_runs(run).items():
         models[name] = run.path / name / "model"
         rules[name] = {k2: entry["config"][k2] for k2 in ("flagged_genre", "rule_threshold", "rule_alpha")}
+        valid[name] = entry.get("valid")
     rows = {}
     for name, path in models.items():
         tok, model = load_causal_lm(path)
         model.eval()
         trie = TokenTrie(index, tok)
-        beams = beam_recommend(model, tok, trie, index.lookup, prompts, max(k, 20), 8, (True,), name, exclude)[True]
-        top = [[i for i in found if i not in set(h)][:k] for found, h in zip(beams.items, histories, strict=True)]
-        row = rank_metrics(top, targets, [k])
-        flat_h = [h for h, t in zip(histories, top, strict=True) for _ in t]
-        flat_i = [i for t in top for i in t]
-        row[f"pscore@{k}"] = float(np.mean(pscore.score(flat_h, flat_i)))
-        row[f"flagged_share@{k}"] = float(np.mean([i in flagged for i in flat_i]))
+        args = (model, tok, trie, index, ds, histories, targets, pscore, flagged, history_len, k)
+        row, beams = topk_metrics(*args, desc=name)
         gen = torch.Generator().manual_seed(cfg.seed)
-        sampled = trie_sample(model, tok, trie, prompts, group, True, cfg.temperature, exclude, gen)
+        sampled = _sample(model, tok, trie, prompts, group, True, cfg.temperature, exclude, gen)
         items = [[index.lookup(trie.decode_codes(c)) for c in g] for g in sampled]
         legal = beams.legal + sum(i is not None for g in items for i in g)
         row["constrained_legality"] = legal / (beams.total + sum(map(len, items)))
-        row["sampled_reward"] = float(
-            np.mean([s for h, g in zip(histories, items, strict=True) for s in pscore.score([h] * len(g), g)])
-        )
-        free = trie_sample(model, tok, trie, prompts, group, False, cfg.temperature, None, gen)
+        pairs = zip(histories[: len(items)], items, strict=True)
+        row["sampled_reward"] = float(np.mean([s for h, g in pairs for s in pscore.score([h] * len(g), g)]))
+        free = _sample(model, tok, trie, prompts, group, False, cfg.temperature, None, gen)
         codes = [trie.decode_codes(c) for g in free for c in g]
         row["free_legality"] = float(np.mean([c is not None and index.lookup(c) is not None for c in codes]))
         row["rule"] = rules[name]
+        row["valid"] = valid[name]
         rows[name] = row
-    report = {"users": len(held), "k": k, "group": group, "flagged_genre": cfg.flagged_genre, "models": rows}
+    report = {"users": len(held), "k": k, "group": group, "sampled_users": len(prompts)}
+    report |= {"flagged_genre": cfg.flagged_genre, "models": rows}
+    report["served"] = run.manifest()["stages"].get(SERVED)
     out = run.sub("eval")
     (out / "rl_report.json").write_text(json.dumps(report, indent=2))
     run.record("rl_eval", cfg, {"report": "eval/rl_report.json"})
@@ -94,4 +106,7 @@ def format_rl_table(report: dict) -> str:
         rule = m["rule"]
         rule_s = "-" if rule is None else f"alpha {rule['rule_alpha']} above share {rule['rule_threshold']}"
         lines.append(f"{name:<10}" + "".join(f"{m[c]:>{len(c) + 2}.4f}" for c in cols) + f"  {rule_s}")
+    served = report.get("served")
+    if served:
+        lines.append(f"served: {served['model']} ({served['why']})")
     return "\n".join(lines)

@@ -4,6 +4,10 @@ in RLConfig, so a deployment can swap one without touching the loop:
   - preference: the P-Score of (user history, item);
   - business rule (Specific Industrial Reward): once the flagged class's share of a group passes
     the threshold f, the reward of its items is multiplied by alpha in (0, 1];
+  - hit and rank (MiniOneRec's rule and ranking rewards): the sample that is the user's real next
+    item earns 1; when the group holds it, every wrong item is penalised, the more the higher its
+    beam rank, so the update moves the real item up the list users get. The P-Score alone has no
+    tie to what the user did next, and optimised alone it drifts the top-K away from it;
   - format: a legal SID gets advantage 1, an illegal one is dropped (advantage 0); K of the legal
     samples are chosen at random (the report found random selection beats top-k) for the loss.
 """
@@ -37,6 +41,17 @@ def business_rule(base: RewardFn, flagged: set[int], threshold: float, alpha: fl
         return r
 
     return reward
+
+
+def hit_rank_reward(items: list[int | None], target: int, rank_weight: float) -> np.ndarray:
+    """1 for the real next item; if the group holds it, wrong item i (in beam order) gets
+    -rank_weight * w_i / sum(w), w_i = 1 / log2(i + 2) (the NDCG discount). A group without the
+    real item gets zeros: nothing to tell its items apart by."""
+    hit = np.array([i == target for i in items], dtype=np.float64)
+    if not hit.any():
+        return hit
+    discount = 1.0 / np.log2(np.arange(len(items)) + 2.0)
+    return np.where(hit > 0, 1.0, -rank_weight * discount / discount.sum())
 
 
 def group_advantages(rewards: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """ECPO and its rewards: the loss and reward functions on their own (fast), then a small real run
-on the trained model (slow): the P-Score heads rank held-out interactions, and RL raises the mean
-reward on users it never trained on while constrained recommendations stay 100% legal."""
+on the trained model (slow): the P-Score heads rank held-out interactions, RL stops and resumes,
+its checkpoint is chosen on the valid split, the run serves RL only where it beat SFT there, and
+constrained recommendations stay 100% legal."""
 
 from __future__ import annotations
 
@@ -67,8 +68,9 @@ def test_auc():
 
 
 @pytest.mark.slow
-def test_ecpo_raises_held_out_reward_and_keeps_legality(trained_run):
+def test_ecpo_is_chosen_on_the_valid_split_resumes_and_keeps_legality(trained_run):
     from eval.rl_report import format_rl_table, run_rl_eval
+    from rl.served import served_model_dir
     from rl.stage import run_pscore, run_rl
     from thinkrec.config import PScoreConfig, RLConfig
 
@@ -78,18 +80,30 @@ def test_ecpo_raises_held_out_reward_and_keeps_legality(trained_run):
     assert pscore["auc"]["watch"] > 0.8
     assert pscore["auc_among_watched"]["like"] > 0.6 and pscore["auc_among_watched"]["love"] > 0.6
 
-    cfg = RLConfig(rl_steps=12, users_per_step=4, group_size=8, rl_eval_users=48, rl_save_steps=6)
+    cfg = RLConfig(rl_steps=12, users_per_step=4, rl_eval_users=48, rl_select_users=24, rl_save_steps=6)
     # stopped after 6 steps, then resumed from that checkpoint to 12
     run_rl(dataclasses.replace(cfg, rl_steps=6), run)
     summary = run_rl(cfg, run)
     assert summary["resumed_from"] == 6
     log = json.loads((run.path / "rl" / "log.json").read_text())
-    assert [h["step"] for h in log] == list(range(1, 13))
+    assert [h["step"] for h in log["steps"]] == list(range(1, 13))
+    assert [v["step"] for v in log["valid"]] == [0, 6, 12]  # step 0: the SFT model itself
     assert (run.path / "rl" / "reward.png").stat().st_size > 1000
+    # the beam groups of train users hold their real next item often enough for the hit reward to act
+    assert np.mean([h["group_hit_rate"] for h in log["steps"]]) > 0.1
+    # the model written is the best RL checkpoint on the valid split; it is served only if it beats SFT there
+    sft_v, best = summary["valid"]["sft"], summary["valid"]["model"]
+    assert best == max(
+        log["valid"][1:], key=lambda v: (v["pscore@10"] >= sft_v["pscore@10"], v["ndcg@10"], v["pscore@10"])
+    )
+    better = best["ndcg@10"] > sft_v["ndcg@10"] and best["pscore@10"] >= sft_v["pscore@10"]
+    assert summary["served"]["model"] == ("rl/model" if better else "sft/model"), summary
+    assert served_model_dir(run) == run.path / summary["served"]["model"]
     report = run_rl_eval(cfg, run)
     print(format_rl_table(report))
     before, after = report["models"]["sft"], report["models"]["rl"]
-    assert after["sampled_reward"] > before["sampled_reward"], (summary, report)
+    assert report["users"] == 48 and report["served"]["model"] == summary["served"]["model"]
+    assert after["valid"]["model"] == best
     assert before["constrained_legality"] == after["constrained_legality"] == 1.0
 
 

@@ -1,0 +1,89 @@
+"""What RL trains on and which model a run serves: the hit/rank reward, the three disjoint user
+sets, the step's (history, target) pairs drawn from train parts only, and the served-model choice
+by the recorded valid metric (fast: no model is loaded)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from rl.rewards import hit_rank_reward
+from rl.served import SERVED, choose, record_served, served_model_dir
+from rl.stage import rl_users, select_users, step_pairs
+from thinkrec.config import RLConfig
+from thinkrec.errors import ThinkRecError
+from thinkrec.rundir import RunDir
+
+
+def test_hit_rank_reward_pays_the_real_item_and_penalises_what_ranks_above_it():
+    r = hit_rank_reward([7, 3, 5, 9], target=5, rank_weight=1.0)
+    assert r[2] == 1.0
+    wrong = r[[0, 1, 3]]
+    assert (wrong < 0).all() and wrong[0] < wrong[1] < wrong[2]  # the higher the rank, the heavier
+    w = [1 / math.log2(i + 2) for i in range(4)]
+    assert r[0] == pytest.approx(-w[0] / sum(w))
+    # a group without the real item, or with illegal samples, carries no hit signal
+    assert hit_rank_reward([1, 2, None], target=5, rank_weight=1.0).tolist() == [0.0, 0.0, 0.0]
+    assert hit_rank_reward([5, 2], target=5, rank_weight=0.0).tolist() == [1.0, 0.0]
+
+
+def test_user_sets_are_disjoint_and_checked(ml100k):
+    cfg = RLConfig()
+    train, held = rl_users(ml100k, cfg)
+    chooser = select_users(ml100k, cfg)
+    assert len(held) == cfg.rl_eval_users and len(chooser) == cfg.rl_select_users
+    assert not (set(train) & set(held)) and not (set(train) & set(chooser)) and not (set(held) & set(chooser))
+    with pytest.raises(ThinkRecError, match="rl_select_users"):
+        rl_users(ml100k, dataclasses.replace(cfg, rl_eval_users=len(ml100k.users)))
+
+
+def test_step_pairs_never_show_or_target_valid_and_test_items(ml100k):
+    rng = np.random.default_rng(0)
+    users = list(range(40))
+    for _ in range(5):
+        histories, targets = step_pairs(ml100k, users, 32, rng)
+        for u, h, t in zip(users, histories, targets, strict=True):
+            train = ml100k.users[u].train_items()
+            pos = len(h)
+            assert h == train[:pos] and t == train[pos]  # a prefix of the train part and its next item
+            assert pos >= max(1, len(train) - 32)  # within the newest `window` train targets
+
+
+def _run_with(tmp_path, rl_valid: dict, sft_valid: dict, rl_finished: str = "2026-01-02T00:00:00") -> RunDir:
+    run = RunDir(tmp_path)
+    for folder in ("sft/model", "rl/model", "model_base"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "config.json").write_text("{}")
+    manifest = {
+        "stages": {
+            "train": {"finished_at": "2026-01-01T00:00:00", "outputs": {}},
+            "rl": {"finished_at": rl_finished, "outputs": {}, "valid": {"sft": sft_valid, "model": rl_valid}},
+        }
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def test_served_model_is_the_best_by_the_valid_metric_and_never_a_worse_one(tmp_path):
+    sft = {"ndcg@10": 0.050, "pscore@10": 0.55}
+    run = _run_with(tmp_path / "better", {"ndcg@10": 0.060, "pscore@10": 0.56}, sft)
+    assert served_model_dir(run) == run.path / "sft" / "model"  # nothing recorded yet: never RL blindly
+    entry = record_served(run)
+    assert entry["model"] == "rl/model" and "0.0600 > sft 0.0500" in entry["why"]
+    assert run.manifest()["stages"][SERVED]["model"] == "rl/model"
+    assert served_model_dir(run) == run.path / "rl" / "model"
+
+    worse = _run_with(tmp_path / "worse", {"ndcg@10": 0.045, "pscore@10": 0.60}, sft)
+    entry = record_served(worse)
+    assert entry["model"] == "sft/model" and "no RL model beats sft" in entry["why"]
+    assert served_model_dir(worse) == worse.path / "sft" / "model"
+    # higher NDCG bought with a lower P-Score is not served either
+    lower_p = {"sft": {"valid": sft}, "rl": {"valid": {"ndcg@10": 0.07, "pscore@10": 0.50}}}
+    assert choose(lower_p)[0] == "sft"
+    # an RL run older than the SFT model (SFT re-trained since) is out of the running
+    stale = _run_with(tmp_path / "stale", {"ndcg@10": 0.09, "pscore@10": 0.6}, sft, "2025-12-31T00:00:00")
+    assert record_served(stale) == {} and served_model_dir(stale) == stale.path / "sft" / "model"
