@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 from eval.generate import beam_recommend
 from eval.metrics import rank_metrics
 from sft_data.prompts import behaviour_prompt
+from sft_data.stage import sft_data_key
 from thinkrec.config import TrainConfig
 from thinkrec.data import Dataset, load_prepared
 from thinkrec.rundir import RunDir
@@ -162,6 +163,5 @@ def curve_callbacks(cfg: TrainConfig, run: RunDir) -> list[QualityCurve]:
     """The callback for `thinkrec train` when the curve is switched on (eval_every > 0)."""
     if cfg.eval_every <= 0:
         return []
-    key = "sft_data" if cfg.mixture == "default" else f"sft_data_{cfg.mixture}"
-    sft_cfg = run.manifest()["stages"].get(key, {}).get("config", {})
+    sft_cfg = run.manifest()["stages"].get(sft_data_key(cfg.mixture), {}).get("config", {})
     return [QualityCurve(cfg, run, int(sft_cfg.get("history_len", 10)), run.sub(cfg.sft_name))]
