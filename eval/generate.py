@@ -10,6 +10,7 @@ only its KV cache is repeated. One prefill also serves both the constrained and 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -34,18 +35,44 @@ def generation_prompt(tok, messages: list[dict], answer_prefix: str = "") -> str
 def _allowed_mask(
     trie: TokenTrie, prefixes: list[list[int]], vocab: int, excluded: list[set[tuple[int, ...]]] | None = None
 ) -> torch.Tensor:
-    """Rows' allowed next tokens; `excluded[r]` holds codes row r may not complete (seen items)."""
+    """Rows' allowed next tokens; `excluded[r]` holds codes row r may not complete (seen items, or
+    items a request rules out). A branch is closed as soon as every item under it is excluded, as
+    the served search does (serve/search.py), so no beam is spent on a subtree with nothing left."""
     mask = torch.zeros(len(prefixes), vocab, dtype=torch.bool)
+    under = _items_under(trie)
     for r, p in enumerate(prefixes):
         ids = trie.allowed_after(p)
-        if ids:
-            mask[r, ids] = True
-        if excluded and excluded[r] and len(p) == trie.levels - 1:
+        if not ids:  # off the trie (a dead beam): nothing is allowed
+            continue
+        mask[r, ids] = True
+        if excluded and excluded[r]:
             head = tuple(trie.code_of_id[t][1] for t in p)
-            for code in excluded[r]:
-                if code[:-1] == head:
-                    mask[r, trie.level_ids[-1][code[-1]]] = False
+            gone = _excluded_under(excluded[r])
+            for t in ids:
+                child = (*head, trie.code_of_id[t][1])
+                if gone[child] >= under[child]:
+                    mask[r, t] = False
     return mask
+
+
+def _items_under(trie: TokenTrie) -> Counter:
+    if not hasattr(trie, "_items_under"):
+        trie._items_under = Counter(c[:d] for c in trie.index.codes for d in range(1, trie.levels + 1))
+    return trie._items_under
+
+
+_EXCLUDED_CACHE: dict[int, tuple[set, Counter]] = {}
+
+
+def _excluded_under(codes: set[tuple[int, ...]]) -> Counter:
+    """How many excluded codes lie under each prefix (cached per set: every beam of a prompt shares it)."""
+    hit = _EXCLUDED_CACHE.get(id(codes))
+    if hit is None or hit[0] is not codes:
+        if len(_EXCLUDED_CACHE) > 4096:
+            _EXCLUDED_CACHE.clear()
+        hit = (codes, Counter(c[:d] for c in codes for d in range(1, len(c) + 1)))
+        _EXCLUDED_CACHE[id(codes)] = hit
+    return hit[1]
 
 
 def _prefill(model, tok, prompts: list[list[dict]], answer_prefixes: list[str] | None = None):
@@ -75,7 +102,7 @@ def trie_beam_search(
     logp = torch.log_softmax(prefill.logits[:, -1].float(), dim=-1)
     B, V = logp.shape
     if constrained:
-        logp = logp.masked_fill(~_allowed_mask(trie, [[]] * B, V).to(logp.device), -torch.inf)
+        logp = logp.masked_fill(~_allowed_mask(trie, [[]] * B, V, excluded).to(logp.device), -torch.inf)
     scores, first = logp.topk(num_beams, dim=-1)  # (B, k)
     tokens = first.unsqueeze(-1)
     cache.batch_repeat_interleave(num_beams)

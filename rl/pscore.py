@@ -106,6 +106,16 @@ class PScore:
         return cls(model, cfg.weights())
 
 
+def user_scores(scorer: PScore, histories: list[list[int]], n_items: int, batch: int = 8192) -> np.ndarray:
+    """(users, items) fused scores, float16: each history against every catalogue item."""
+    pairs = [(u, i) for u in range(len(histories)) for i in range(n_items)]
+    out = np.empty(len(pairs), dtype=np.float16)
+    for s in range(0, len(pairs), batch):
+        chunk = pairs[s : s + batch]
+        out[s : s + len(chunk)] = scorer.score([histories[u] for u, _ in chunk], [i for _, i in chunk])
+    return out.reshape(len(histories), n_items)
+
+
 def examples(
     ds: Dataset, targets: list[tuple[int, int]], negatives: int, rng: np.random.Generator
 ) -> tuple[list[list[int]], list[int], list[list[float]]]:

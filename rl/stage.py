@@ -23,7 +23,7 @@ from model.base import load_causal_lm
 from model.plot import plot_loss
 from model.train import trained_model_dir
 from rl.loop import Policy, ecpo_step
-from rl.pscore import PScore, train_pscore
+from rl.pscore import PScore, train_pscore, user_scores
 from rl.rewards import business_rule, preference_reward
 from rl.select import split_examples, topk_metrics
 from rl.served import GATE, METRIC, record_served
@@ -46,7 +46,10 @@ def run_pscore(cfg: PScoreConfig, run: RunDir) -> dict:
     out = run.sub("pscore")
     scorer.save(out, cfg)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    run.record("pscore", cfg, {"model": "pscore/pscore.pt", "report": "pscore/report.json"}, report=report)
+    # every user's score for every item from their train part: sft-data reads it (no rl import)
+    np.save(out / "user_scores.npy", user_scores(scorer, [u.train_items() for u in ds.users], len(ds.items)))
+    files = {"model": "pscore/pscore.pt", "report": "pscore/report.json", "user_scores": "pscore/user_scores.npy"}
+    run.record("pscore", cfg, files, report=report)
     return report
 
 

@@ -9,7 +9,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 
 from rl.served import served_model_dir
-from sft_data.prompts import behaviour_prompt, item_description
+from sft_data.prompts import chat_messages, item_description
 from thinkrec.data import Dataset, load_prepared
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
@@ -81,16 +81,12 @@ class Catalogue:
         return list(self.ds.user_by_id(str(user_id)).items)
 
     def messages(self, history: list[int], conversation: list[dict] | None = None) -> list[dict]:
-        """The behaviour prompt for `history`, with the user's chat turns (if any) after it."""
-        msgs = behaviour_prompt(self.ds, self.index, history, self.history_len)
-        for turn in conversation or []:
-            if turn.get("role") not in ("user", "assistant") or not isinstance(turn.get("content"), str):
-                raise ThinkRecError("each message needs role 'user' or 'assistant' and a string content")
-            if turn["role"] == "user" and msgs[-1]["role"] == "user":
-                msgs[-1] = {"role": "user", "content": msgs[-1]["content"] + "\n" + turn["content"]}
-            else:
-                msgs.append({"role": turn["role"], "content": turn["content"]})
-        return msgs
+        """The behaviour prompt for `history`, with the user's chat turns (if any) after it, built as
+        the request-following training samples are (sft_data/prompts.py)."""
+        try:
+            return chat_messages(self.ds, self.index, history, self.history_len, conversation)
+        except ValueError as e:
+            raise ThinkRecError(str(e)) from None
 
     def sid_prompt(self, messages: list[dict], prefix_text: str = "") -> str:
         """Prompt text that opens the assistant turn (plus `prefix_text`) with <|sid_begin|>."""

@@ -74,7 +74,10 @@ def terminal_chat(url: str, user_id: str, k: int = 3, api_key: str | None = None
             print(f"error: {e}")
             messages.pop()
             continue
+        if len(messages) == 1:  # the history the answers are judged against
+            recent = [f"{h['title']} ({h['year']}) [{', '.join(h['genres'])}]" for h in out.get("history", [])[-5:]]
+            print("recently watched: " + "; ".join(recent))
         print(f"thinkrec> {out['reply']}")
         for it in out["items"]:
-            print(f"   - {it['title']} ({it['year']}) {', '.join(it['genres'])}")
+            print(f"   - {it.get('why') or it['title']}")
         messages.append({"role": "assistant", "content": out["assistant_message"]})

@@ -34,6 +34,7 @@ from serve.catalogue import Catalogue, server_catalogue
 from serve.engine import Engine
 from serve.schemas import MAX_K, ChatRequest, ItemsRequest, RecommendRequest, describe
 from serve.search import TrieSearch
+from sft_data.requests import parse_reply, unsatisfying, why
 from thinkrec.errors import ThinkRecError
 from tokenizer_ext.sid import SID_BEGIN, TokenTrie
 
@@ -172,7 +173,9 @@ async def recommend(
 
 async def _chat(request: Request, cat: Catalogue, body: bytes) -> dict:
     """One chat turn: the model writes a short reply (SIDs it opens stay in the trie), then the
-    items come from the beam search after that reply, so they are real and ranked."""
+    items come from the beam search after that reply, so they are real and ranked. What the reply
+    says it heard (a genre, a decade, "anything but Drama", ...: sft_data/requests.py) is checked
+    against the catalogue: the search keeps to items that satisfy it, and each item says why it fits."""
     req = ChatRequest.model_validate_json(body)
     history = cat.history(req.user_id, req.history)
     conversation = [t.model_dump() for t in req.messages]
@@ -181,10 +184,23 @@ async def _chat(request: Request, cat: Catalogue, body: bytes) -> dict:
     prompt = cat.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ids = cat.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     reply = (await engine.reply(ids, req.max_tokens, [SID_BEGIN])).strip()
-    # earlier recommendations in this conversation are not repeated
-    shown = {cat.ds.item_by_id(it["item_id"]).idx for t in conversation for it in cat.items_in_text(t["content"])[0]}
-    items, _ = await recommend(
-        engine, cat, messages, req.k, req.num_beams, set(history) | shown, reply + (" " if reply else "")
-    )
+    # earlier recommendations in this conversation are not repeated; the last answer's items are
+    # what a follow-up ("something different") is about
+    answers = [
+        [cat.ds.item_by_id(it["item_id"]).idx for it in cat.items_in_text(t["content"])[0]] for t in conversation
+    ]
+    shown = {i for a in answers for i in a}
+    previous = next((a for a in reversed(answers) if a), [])
+    heard = parse_reply(cat.ds, reply, previous)
+    exclude = set(history) | shown | unsatisfying(cat.ds, heard)
+    items, _ = await recommend(engine, cat, messages, req.k, req.num_beams, exclude, reply + (" " if reply else ""))
+    for it in items:
+        it["why"] = why(cat.ds, cat.ds.item_by_id(it["item_id"]).idx, heard, history)
     text = reply or "Here is what I would pick:"
-    return {"reply": text, "items": items, "assistant_message": text + " " + " ".join(it["sid"] for it in items)}
+    return {
+        "reply": text,
+        "heard": heard.label if heard else None,
+        "items": items,
+        "history": [cat.item_json(i) for i in history[-cat.history_len :]],
+        "assistant_message": text + " " + " ".join(it["sid"] for it in items),
+    }

@@ -6,9 +6,10 @@ from thinkrec.data import Dataset
 from tokenizer_ext.sid import SIDIndex
 
 SYSTEM = "You are ThinkRec, a movie recommender. Items are written as semantic IDs."
+TITLED = 3  # the newest history items a prompt writes with their titles
 
 
-def history_lines(ds: Dataset, index: SIDIndex, history: list[int], titled: int = 3) -> str:
+def history_lines(ds: Dataset, index: SIDIndex, history: list[int], titled: int = TITLED) -> str:
     """One line per item, oldest first; the newest `titled` items also carry their title."""
     lines = []
     for pos, idx in enumerate(history):
@@ -24,6 +25,23 @@ def behaviour_prompt(ds: Dataset, index: SIDIndex, history: list[int], history_l
     recent = history[-history_len:]
     user = f"Watched, oldest first:\n{history_lines(ds, index, recent)}\nRecommend the next movie."
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def chat_messages(
+    ds: Dataset, index: SIDIndex, history: list[int], history_len: int, conversation: list[dict] | None = None
+) -> list[dict]:
+    """The behaviour prompt for `history` with a conversation after it: the first user turn joins
+    the history's message, later turns follow as they are. Training samples and the server's chat
+    both build their prompts here, so a request reads the same in both."""
+    msgs = behaviour_prompt(ds, index, history, history_len)
+    for turn in conversation or []:
+        if turn.get("role") not in ("user", "assistant") or not isinstance(turn.get("content"), str):
+            raise ValueError("each message needs role 'user' or 'assistant' and a string content")
+        if turn["role"] == "user" and msgs[-1]["role"] == "user":
+            msgs[-1] = {"role": "user", "content": msgs[-1]["content"] + "\n" + turn["content"]}
+        else:
+            msgs.append({"role": turn["role"], "content": turn["content"]})
+    return msgs
 
 
 def item_description(ds: Dataset, idx: int) -> str:

@@ -2,9 +2,10 @@
 
 Named mixtures follow OneRec-Think's stages (ratios are per behaviour sample):
 
-- `default`: behaviour + item alignment (the recommendation model the demo trains);
+- `default`: behaviour, item alignment and request-following (sft_data/requests.py): the one
+  model the demo trains and serves, which recommends from a history and listens to what is asked;
 - `alignment` (item alignment): behaviour, SID <-> text alignment and video-QA;
-- `activation` (reasoning activation): behaviour, reasoning traces and user-QA, a little alignment;
+- `activation` (reasoning activation): behaviour, reasoning traces, user-QA and requests, a little alignment;
 - `enhancement` (reasoning enhancement): mostly reasoning traces, the ECPO stage then follows.
 
 `--ratios task=r,...` overrides any of them. Each mixture is saved under sft_data/<name>, so a
@@ -20,6 +21,7 @@ from datasets import concatenate_datasets, load_from_disk
 
 from sft_data.builders import alignment_samples, behaviour_samples
 from sft_data.qa import is_heldout_item, item_questions, reasoning_samples, user_questions
+from sft_data.requests import request_samples
 from thinkrec.config import SFTDataConfig
 from thinkrec.data import load_prepared
 from thinkrec.errors import ThinkRecError
@@ -27,12 +29,19 @@ from thinkrec.rundir import RunDir
 from tokenizer_ext.stage import load_index
 
 MIXTURES: dict[str, dict[str, float]] = {
-    "default": {"behaviour": 1.0, "alignment": 0.3},
+    "default": {"behaviour": 1.0, "alignment": 0.3, "request": 0.3},
     "alignment": {"behaviour": 1.0, "alignment": 0.5, "video_qa": 0.5},
-    "activation": {"behaviour": 1.0, "reasoning": 0.5, "user_qa": 0.5, "alignment": 0.1, "video_qa": 0.1},
+    "activation": {
+        "behaviour": 1.0,
+        "reasoning": 0.5,
+        "user_qa": 0.5,
+        "request": 0.5,
+        "alignment": 0.1,
+        "video_qa": 0.1,
+    },
     "enhancement": {"behaviour": 0.3, "reasoning": 1.0, "user_qa": 0.2},
 }
-TASKS = ("behaviour", "alignment", "video_qa", "user_qa", "reasoning")
+TASKS = ("behaviour", "alignment", "video_qa", "user_qa", "reasoning", "request")
 
 
 def mixture_ratios(cfg: SFTDataConfig) -> dict[str, float]:
@@ -79,6 +88,9 @@ def run_sft_data(cfg: SFTDataConfig, run: RunDir) -> dict:
         parts.append(HFDataset.from_list([q.sample() for q in qs]))
     if n.get("reasoning"):
         parts.append(HFDataset.from_list(reasoning_samples(ds, index, n["reasoning"], cfg.history_len, cfg.seed + 3)))
+    if n.get("request"):
+        rows = request_samples(ds, index, n["request"], cfg.history_len, cfg.seed + 4, preference_scores(run))
+        parts.append(HFDataset.from_list(rows))
     if not parts:
         raise ThinkRecError(f"mixture {cfg.mixture!r} with ratios {ratios} has no samples")
     mixture = concatenate_datasets(parts).shuffle(seed=cfg.seed)
@@ -92,6 +104,16 @@ def run_sft_data(cfg: SFTDataConfig, run: RunDir) -> dict:
         ratios=ratios,
     )
     return counts
+
+
+def preference_scores(run: RunDir):
+    """The P-Score stage's (users, items) scores when the run has them (`thinkrec pscore` before
+    `sft-data`): request samples then answer counterfactual requests with the item the preference
+    model ranks first; without them, with the most popular one."""
+    import numpy as np
+
+    path = run.path / "pscore" / "user_scores.npy"
+    return np.load(path) if path.exists() else None
 
 
 def sft_data_key(mixture: str) -> str:

@@ -89,3 +89,21 @@ def test_trie_beam_search_matches_hf_constrained_beam_search(extended):
     )
     hf = [[index.lookup(trie.decode_codes(b)) for b in row] for row in out[:, width:].view(2, 10, -1).tolist()]
     assert hf == ours[True].items
+
+
+def test_a_request_constraint_keeps_every_beam_inside_the_items_that_satisfy_it(extended):
+    """The served chat's check (sft_data/requests.py): items ruled out by what the reply heard are
+    excluded inside the search, whole branches at once, so all k answers satisfy it."""
+    from sft_data.requests import parse_reply, unsatisfying
+
+    *_, tok, model, ds, index = extended
+    trie = TokenTrie(index, tok)
+    heard = parse_reply(ds, "You asked for Comedy and Romance; you watched Toy Story, so this fits both:")
+    assert heard is not None and heard.kind == "two_genres"
+    users = ds.users[:2]
+    prompts = [behaviour_prompt(ds, index, u.history_for("test")) for u in users]
+    ruled_out = unsatisfying(ds, heard)
+    exclude = [{index.codes[i] for i in ruled_out | set(u.history_for("test"))} for u in users]
+    out = beam_recommend(model, tok, trie, index.lookup, prompts, 10, 2, modes=(True,), exclude=exclude)[True]
+    assert all(len(items) == 10 for items in out.items)
+    assert all(heard.satisfied(ds.items[i]) for items in out.items for i in items)

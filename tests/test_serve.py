@@ -217,6 +217,11 @@ def test_chat_turns_give_real_items_and_follow_ups_do_not_repeat(server, catalog
     messages = [{"role": "user", "content": "Something lighter than my last three, please."}]
     first = client.chat(messages, user_id=user, k=3)
     assert len(first["items"]) == 3 and isinstance(first["reply"], str)
+    # what a person needs to judge the answer: the recent history, and why each item fits
+    assert [h["item_id"] for h in first["history"]][-1] == catalogue.ds.items[catalogue.ds.users[3].items[-1]].item_id
+    assert all(it["why"].startswith(it["title"]) for it in first["items"])
+    if first["heard"]:  # a request the reply names is met by every item
+        assert all("fits" in it["why"] for it in first["items"]), first
     messages += [{"role": "assistant", "content": first["assistant_message"]}, {"role": "user", "content": "More?"}]
     second = client.chat(messages, user_id=user, k=3)
     assert len(second["items"]) == 3

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from thinkrec.config import (
+    ChatEvalConfig,
     DataConfig,
     EvalConfig,
     ModelConfig,
@@ -30,19 +31,22 @@ from thinkrec.rundir import RunDir
 STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "data": (DataConfig,),
     "tokenize": (TokenizerConfig, ModelConfig),
+    # the preference model needs only data and item embeddings; sft-data reads its scores
+    "pscore": (PScoreConfig,),
     "sft-data": (SFTDataConfig,),
     "train": (TrainConfig,),
     "eval": (EvalConfig,),
-    "pscore": (PScoreConfig,),
     "rl": (RLConfig,),
     "rl-eval": (RLConfig,),
     "qa-eval": (QAEvalConfig,),
+    "chat-eval": (ChatEvalConfig,),
 }
 DEMO_STAGES = [s for s in STAGE_CONFIGS if s != "qa-eval"]  # QA needs a QA mixture trained (see README)
 # The demo's departures from the stage defaults, sized for 2 CPU cores: SASRec alone as the learned
-# baseline (GRU4Rec adds about as much again; `thinkrec eval` trains both), and a learning curve on
-# 200 valid users every 100 steps that also picks the best-on-valid checkpoint.
-DEMO_DEFAULTS: dict[str, Any] = {"baselines": "sasrec", "eval_every": 100, "curve_users": 200}
+# baseline (GRU4Rec adds about as much again; `thinkrec eval` trains both), a learning curve on
+# 200 valid users every 100 steps that also picks the best-on-valid checkpoint, and the chat
+# evaluation on 16 of the 94 held-out users.
+DEMO_DEFAULTS: dict[str, Any] = {"baselines": "sasrec", "eval_every": 100, "curve_users": 200, "chat_users": 16}
 HELP = {
     "data": "load MovieLens-100K, k-core filter, leave-last-out split",
     "tokenize": "item embeddings -> RQ-Kmeans SIDs -> SID index, trie, extended LLM",
@@ -53,6 +57,7 @@ HELP = {
     "rl": "ECPO alignment of the SFT model (P-Score, hit/rank, format, business rule; SFT term), chosen on valid",
     "rl-eval": "before/after RL on held-out users: Recall/NDCG, P-Score, flagged share, legality, served model",
     "qa-eval": "QA accuracy per task on held-out users/items; recommendation with and without reasoning",
+    "chat-eval": "does the chat listen: request satisfaction per kind, Recall with a request, two turns, replies",
     "demo": "run every stage in order on the defaults",
     "serve": "serve a run through vLLM's OpenAI-compatible server (trie-constrained SIDs, chat page)",
     "chat": "chat with a running server in the terminal",
@@ -144,6 +149,11 @@ def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
 
         print(format_rl_table(run_rl_eval(_build(RLConfig, args), run)))
         print(f"written: {run.path / 'eval' / 'rl_report.json'}")
+    elif name == "chat-eval":
+        from eval.chat import format_chat_table, run_chat_eval
+
+        print(format_chat_table(run_chat_eval(_build(ChatEvalConfig, args), run)))
+        print(f"written: {run.path / 'eval' / 'chat_eval.json'}")
     elif name == "qa-eval":
         from eval.qa import format_qa_table, run_qa_eval
 

@@ -331,3 +331,18 @@ class QAEvalConfig:
     think_tokens: int = field(default=64, metadata={"help": "rationale length cap"})
     qa_batch_size: int = field(default=8, metadata={"help": "prompts per forward pass"})
     seed: int = field(default=0, metadata={"help": "random seed"})
+
+
+@dataclass
+class ChatEvalConfig:
+    chat_users: int = field(default=94, metadata={"help": "held-out users asked (every 10th user; 94 in all)"})
+    chat_k: int = field(default=10, metadata={"help": "items per answer (satisfaction is over these; Recall/NDCG@K)"})
+    chat_beams: int = field(default=20, metadata={"help": "beam width of the search after the reply"})
+    reply_tokens: int = field(default=48, metadata={"help": "cap on the reply written before the items"})
+    chat_batch_size: int = field(default=8, metadata={"help": "prompts per forward pass"})
+    chat_model_dir: str = field(default="", metadata={"help": "model to ask (default: the one the run serves)"})
+    compare_model_dir: str = field(
+        default="",
+        metadata={"help": "a behaviour-only SFT model to compare plain Recall/NDCG@10 with (a folder; optional)"},
+    )
+    seed: int = field(default=0, metadata={"help": "random seed"})

@@ -1,0 +1,292 @@
+"""Stage `chat-eval`: does the model listen? Held-out users (never asked in training) and held-out
+phrasings (never trained on) of every request kind in sft_data/requests.py, through the chat path
+the server runs: the model writes its reply, then the constrained beam search after that reply
+gives the items, seen and already shown items excluded.
+
+  (a) per kind, share of the top-k that satisfies the request, against the same users' list with
+      no request (behaviour prompt);
+  (b) Recall/NDCG@K of the test item with a request derived from it, and without a request;
+  (c) two turns: no item of the first answer comes again, and the follow-up's constraint is met;
+  (d) replies: non-empty, naming the requested attribute, naming a title from the history shown;
+  (e) plain Recall/NDCG@K (no request) of the asked model and, when given, a behaviour-only model.
+Writes <run>/eval/chat_eval.json.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from eval.generate import beam_recommend
+from eval.metrics import rank_metrics
+from model.base import load_causal_lm
+from rl.served import served_model_dir
+from sft_data.prompts import TITLED, chat_messages
+from sft_data.qa import is_heldout_user
+from sft_data.requests import (
+    FOLLOW_UPS,
+    KINDS,
+    Constraint,
+    counterfactual,
+    derive,
+    follow_up,
+    parse_reply,
+    phrase,
+    unsatisfying,
+)
+from thinkrec.config import ChatEvalConfig
+from thinkrec.data import Dataset, load_prepared
+from thinkrec.errors import ThinkRecError
+from thinkrec.rundir import RunDir
+from tokenizer_ext.sid import SID_BEGIN, SIDIndex, TokenTrie
+from tokenizer_ext.stage import load_index
+
+
+@torch.no_grad()
+def write_replies(model, tok, prompts: list[list[dict]], max_tokens: int, batch_size: int) -> list[str]:
+    """Greedy replies up to the first <|sid_begin|>, as the server's chat writes them."""
+    tok.padding_side = "left"
+    stop = [tok.convert_tokens_to_ids(SID_BEGIN), tok.eos_token_id]
+    out: list[str] = []
+    for s in tqdm(range(0, len(prompts), batch_size), desc="replies", leave=False):
+        texts = [
+            tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in prompts[s : s + batch_size]
+        ]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        gen = model.generate(
+            **enc, max_new_tokens=max_tokens, do_sample=False, eos_token_id=stop, pad_token_id=tok.pad_token_id
+        )
+        for row in gen[:, enc["input_ids"].shape[1] :]:
+            out.append(
+                tok.decode(row, skip_special_tokens=False).split(SID_BEGIN)[0].replace(tok.eos_token, "").strip()
+            )
+    return out
+
+
+class Asker:
+    """One model behind the chat path: replies, then the top-k after them."""
+
+    def __init__(self, model, tok, ds: Dataset, index: SIDIndex, history_len: int, cfg: ChatEvalConfig):
+        self.model, self.tok, self.ds, self.index, self.cfg = model, tok, ds, index, cfg
+        self.history_len, self.trie = history_len, TokenTrie(index, tok)
+        self.model_only, self.last_model_only = False, None
+
+    def top_k(self, prompts: list[list[dict]], excluded: list[set[int]], prefixes: list[str] | None) -> list[list[int]]:
+        codes = [{self.index.codes[i] for i in e} for e in excluded]
+        res = beam_recommend(
+            self.model,
+            self.tok,
+            self.trie,
+            self.index.lookup,
+            prompts,
+            self.cfg.chat_beams,
+            self.cfg.chat_batch_size,
+            modes=(True,),
+            desc="items",
+            exclude=codes,
+            answer_prefixes=prefixes,
+        )[True]
+        return [
+            [i for i in found if i not in e][: self.cfg.chat_k] for found, e in zip(res.items, excluded, strict=True)
+        ]
+
+    def chat(
+        self,
+        histories: list[list[int]],
+        conversations: list[list[dict]],
+        shown: list[set[int]],
+        previous: list[list[int]] | None = None,
+    ):
+        """(replies, top-k items) for each conversation, which ends with a user turn. As the served
+        chat does, the items keep to what the reply says it heard (parse_reply); `previous[i]` is
+        the answer before, for follow-ups such as "something different"."""
+        prompts = [
+            chat_messages(self.ds, self.index, h, self.history_len, c)
+            for h, c in zip(histories, conversations, strict=True)
+        ]
+        replies = write_replies(self.model, self.tok, prompts, self.cfg.reply_tokens, self.cfg.chat_batch_size)
+        previous = previous or [[] for _ in histories]
+        heard = [parse_reply(self.ds, r, p) for r, p in zip(replies, previous, strict=True)]
+        excluded = [set(h) | s | unsatisfying(self.ds, c) for h, s, c in zip(histories, shown, heard, strict=True)]
+        items = self.top_k(prompts, excluded, [r + " " if r else "" for r in replies])
+        self.last_model_only = None
+        if self.model_only:  # the same reply, the items without the check: what the LLM alone does
+            seen = [set(h) | s for h, s in zip(histories, shown, strict=True)]
+            self.last_model_only = self.top_k(prompts, seen, [r + " " if r else "" for r in replies])
+        return replies, items
+
+    def plain(self, histories: list[list[int]]) -> list[list[int]]:
+        prompts = [chat_messages(self.ds, self.index, h, self.history_len) for h in histories]
+        return self.top_k(prompts, [set(h) for h in histories], None)
+
+
+def _share(items: list[int], c: Constraint, ds: Dataset) -> float:
+    return sum(c.satisfied(ds.items[i]) for i in items) / len(items) if items else 0.0
+
+
+def _mean(xs: list[float]) -> float:
+    return round(sum(xs) / len(xs), 4) if xs else float("nan")
+
+
+def run_chat_eval(cfg: ChatEvalConfig, run: RunDir) -> dict:
+    if min(cfg.chat_users, cfg.chat_k, cfg.chat_beams, cfg.reply_tokens, cfg.chat_batch_size) < 1:
+        raise ThinkRecError("chat_users, chat_k, chat_beams, reply_tokens and chat_batch_size must be >= 1")
+    t0 = time.time()
+    ds, index = load_prepared(run), load_index(run)
+    history_len = int(run.manifest()["stages"].get("sft_data", {}).get("config", {}).get("history_len", 10))
+    model_dir = Path(cfg.chat_model_dir) if cfg.chat_model_dir else served_model_dir(run)
+    tok, model = load_causal_lm(model_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+    ask = Asker(model, tok, ds, index, history_len, cfg)
+    users = [p for p in range(len(ds.users)) if is_heldout_user(p)][: cfg.chat_users]
+    hist = [ds.users[p].history_for("test") for p in users]
+    test = [ds.users[p].target_for("test") for p in users]
+    rng = random.Random(cfg.seed)
+    plain = ask.plain(hist)
+
+    # (a) every kind, a counterfactual request per user in a held-out phrasing
+    per_kind, reply_named, reply_title, nonempty = {}, [], [], []
+    titles = [{ds.items[i].title for i in h[-history_len:][-TITLED:]} for h in hist]
+    for kind in KINDS:
+        asks = [(u, c) for u in range(len(users)) if (c := counterfactual(kind, ds, hist[u], rng)) is not None]
+        if not asks:
+            continue
+        convs = [[{"role": "user", "content": phrase(c, rng, heldout=True)}] for _, c in asks]
+        ask.model_only = True
+        replies, items = ask.chat([hist[u] for u, _ in asks], convs, [set()] * len(asks))
+        ask.model_only = False
+        chat_share = [_share(it, c, ds) for it, (_, c) in zip(items, asks, strict=True)]
+        base_share = [_share(plain[u], c, ds) for u, c in asks]
+        alone = [_share(it, c, ds) for it, (_, c) in zip(ask.last_model_only, asks, strict=True)]
+        per_kind[kind] = {
+            "asked": len(asks),
+            "satisfaction_model_only": _mean(alone),
+            "satisfaction_chat": _mean(chat_share),
+            "satisfaction_unconditioned": _mean(base_share),
+        }
+        for r, (u, c) in zip(replies, asks, strict=True):
+            nonempty.append(bool(r))
+            reply_named.append(c.named_in(r))
+            reply_title.append(any(t in r for t in titles[u]))
+        per_kind[kind]["example"] = {"request": convs[0][0]["content"], "reply": replies[0]}
+
+    # (b) a request derived from the test item itself
+    derived = []
+    for u in range(len(users)):
+        for kind in rng.sample(KINDS, len(KINDS)):
+            if (c := derive(kind, ds, hist[u], test[u], rng)) is not None:
+                derived.append((u, c))
+                break
+    convs = [[{"role": "user", "content": phrase(c, rng, heldout=True)}] for _, c in derived]
+    _, with_req = ask.chat([hist[u] for u, _ in derived], convs, [set()] * len(derived))
+    ks = [5, cfg.chat_k] if cfg.chat_k != 5 else [5]
+    m_with = rank_metrics(with_req, [test[u] for u, _ in derived], ks)
+    m_without = rank_metrics([plain[u] for u, _ in derived], [test[u] for u, _ in derived], ks)
+
+    # (c) a second turn: a follow-up about the first answer's top item
+    first_conv = [
+        [{"role": "user", "content": phrase(counterfactual("genre", ds, h, rng), rng, heldout=True)}] for h in hist
+    ]
+    r1, items1 = ask.chat(hist, first_conv, [set()] * len(hist))
+    second, convs2, shown2, prev2 = [], [], [], []
+    for u, (conv, reply, items) in enumerate(zip(first_conv, r1, items1, strict=True)):
+        f = follow_up(FOLLOW_UPS[u % len(FOLLOW_UPS)], ds, items[0], rng) if items else None
+        if f is None:
+            continue
+        said = f"{reply} {' '.join(index.sid(i) for i in items)}".strip()
+        convs2.append(
+            [*conv, {"role": "assistant", "content": said}, {"role": "user", "content": phrase(f, rng, heldout=True)}]
+        )
+        second.append((u, f))
+        shown2.append(set(items))
+        prev2.append(items)
+    r2, items2 = ask.chat([hist[u] for u, _ in second], convs2, shown2, prev2)
+    repeats = [bool(set(it) & s) for it, s in zip(items2, shown2, strict=True)]
+    follow_share = [_share(it, f, ds) for it, (_, f) in zip(items2, second, strict=True)]
+    for r, (_, f) in zip(r2, second, strict=True):
+        nonempty.append(bool(r))
+        reply_named.append(f.named_in(r))
+
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "model": str(model_dir),
+        "users": len(users),
+        "k": cfg.chat_k,
+        "satisfaction_chat": _mean([v["satisfaction_chat"] for v in per_kind.values()]),
+        "satisfaction_unconditioned": _mean([v["satisfaction_unconditioned"] for v in per_kind.values()]),
+        # the LLM's items after its own reply, before the served check keeps them to what it heard
+        "satisfaction_model_only": _mean([v["satisfaction_model_only"] for v in per_kind.values()]),
+        "per_kind": per_kind,
+        f"recall@{cfg.chat_k}_with_request": m_with[f"recall@{cfg.chat_k}"],
+        f"recall@{cfg.chat_k}_without_request": m_without[f"recall@{cfg.chat_k}"],
+        f"ndcg@{cfg.chat_k}_with_request": m_with[f"ndcg@{cfg.chat_k}"],
+        f"ndcg@{cfg.chat_k}_without_request": m_without[f"ndcg@{cfg.chat_k}"],
+        "derived_requests": len(derived),
+        "multi_turn": {
+            "conversations": len(second),
+            "repeat_rate": _mean([float(x) for x in repeats]),
+            "follow_up_satisfaction": _mean(follow_share),
+            "per_follow_up": {
+                k: _mean([s for s, (_, f) in zip(follow_share, second, strict=True) if f.kind == k]) for k in FOLLOW_UPS
+            },
+        },
+        "replies": {
+            "turns": len(nonempty),
+            "non_empty": _mean([float(x) for x in nonempty]),
+            "names_attribute": _mean([float(x) for x in reply_named]),
+            "names_history_title": _mean([float(x) for x in reply_title]),
+        },
+        f"plain_recall@{cfg.chat_k}": rank_metrics(plain, test, [cfg.chat_k])[f"recall@{cfg.chat_k}"],
+        f"plain_ndcg@{cfg.chat_k}": rank_metrics(plain, test, [cfg.chat_k])[f"ndcg@{cfg.chat_k}"],
+        f"plain_recall@{cfg.chat_k}_sft_only": None,
+        f"plain_ndcg@{cfg.chat_k}_sft_only": None,
+    }
+    if cfg.compare_model_dir:
+        other_tok, other = load_causal_lm(cfg.compare_model_dir)
+        other = other.to(device)
+        ranked = Asker(other, other_tok, ds, index, history_len, cfg).plain(hist)
+        m = rank_metrics(ranked, test, [cfg.chat_k])
+        report[f"plain_recall@{cfg.chat_k}_sft_only"] = m[f"recall@{cfg.chat_k}"]
+        report[f"plain_ndcg@{cfg.chat_k}_sft_only"] = m[f"ndcg@{cfg.chat_k}"]
+        report["compare_model"] = cfg.compare_model_dir
+    report["seconds"] = round(time.time() - t0, 1)
+    out = run.sub("eval") / "chat_eval.json"
+    out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def format_chat_table(r: dict) -> str:
+    k = r["k"]
+    lines = [f"request following on {r['users']} held-out users, held-out phrasings, top-{k}", ""]
+    lines.append(f"{'kind':<12} {'asked':>5} {'chat':>6} {'no request':>10} {'LLM alone':>9}")
+    for kind, v in r["per_kind"].items():
+        lines.append(
+            f"{kind:<12} {v['asked']:>5} {v['satisfaction_chat']:>6.3f} {v['satisfaction_unconditioned']:>10.3f}"
+            f" {v['satisfaction_model_only']:>9.3f}"
+        )
+    lines.append(
+        f"{'mean':<12} {'':>5} {r['satisfaction_chat']:>6.3f} {r['satisfaction_unconditioned']:>10.3f}"
+        f" {r['satisfaction_model_only']:>9.3f}"
+    )
+    lines.append("")
+    lines.append(
+        f"Recall@{k} of the test item: with a request derived from it {r[f'recall@{k}_with_request']:.3f}, "
+        f"without {r[f'recall@{k}_without_request']:.3f}"
+    )
+    mt = r["multi_turn"]
+    lines.append(f"two turns: repeats {mt['repeat_rate']:.3f}, follow-up met {mt['follow_up_satisfaction']:.3f}")
+    rp = r["replies"]
+    lines.append(
+        f"replies: non-empty {rp['non_empty']:.3f}, name the attribute {rp['names_attribute']:.3f}, "
+        f"name a history title {rp['names_history_title']:.3f}"
+    )
+    sft = r[f"plain_recall@{k}_sft_only"]
+    sft_text = "not given" if sft is None else f"{sft:.3f}"
+    lines.append(f"plain Recall@{k}: this model {r[f'plain_recall@{k}']:.3f}, behaviour-only SFT {sft_text}")
+    return "\n".join(lines)

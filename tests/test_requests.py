@@ -1,0 +1,130 @@
+"""Request-following data (sft_data/requests.py): every answer satisfies its request and is a real
+train item or an unseen catalogue item, never a valid or test item; held-out phrasings and users
+stay out of training; the reply names what was asked and reads back to the same constraint."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sft_data.prompts import chat_messages
+from sft_data.qa import is_heldout_user
+from sft_data.requests import (
+    FOLLOW_UPS,
+    GENRE_WORDS,
+    KINDS,
+    PHRASINGS,
+    Preference,
+    counterfactual,
+    derive,
+    follow_up,
+    parse_reply,
+    phrase,
+    phrasings,
+    reply,
+    request_sample,
+    typo,
+    unsatisfying,
+    why,
+)
+from tokenizer_ext.sid import find_sids
+
+
+@pytest.fixture(scope="module")
+def data(tokenized_run):
+    from thinkrec.data import load_prepared
+    from tokenizer_ext.stage import load_index
+
+    run, _ = tokenized_run
+    return load_prepared(run), load_index(run)
+
+
+def test_every_kind_has_many_phrasings_and_some_are_held_out():
+    for kind in (*KINDS, *FOLLOW_UPS):
+        train, held = phrasings(kind, False), phrasings(kind, True)
+        assert len(train) >= 6 and len(held) >= 2, kind
+        assert not set(train) & set(held) and len(train) + len(held) == len(PHRASINGS[kind])
+    rng = random.Random(0)
+    slips = {typo("Something lighter tonight, please.", rng) for _ in range(50)}
+    assert len(slips) > 5 and all(s != "Something lighter tonight, please." for s in slips)
+
+
+def test_requests_samples_answer_with_items_that_satisfy_them_and_never_leak(data):
+    ds, index = data
+    rng = random.Random(0)
+    pref = Preference.build(ds)
+    kinds_seen, n = set(), 0
+    for _ in range(400):
+        u = rng.choice([p for p in range(len(ds.users)) if not is_heldout_user(p)])
+        train = ds.users[u].train_items()
+        t = rng.randrange(max(1, len(train) - 20), len(train))
+        row = request_sample(ds, index, pref, u, t, 10, rng)
+        if row is None:
+            continue
+        n += 1
+        msgs = row["messages"]
+        answers = [m for m in msgs if m["role"] == "assistant"]
+        assert len(answers) == (2 if row["task"] == "request_multiturn" else 1)
+        items = [index.item(find_sids(a["content"])[-1]) for a in answers]
+        user = ds.users[u]
+        assert not set(items) & {user.target_for("valid"), user.target_for("test")}
+        assert not set(items) & set(train[:t]), "an answer is never an item of the history shown"
+        assert len(set(items)) == len(items), "a follow-up never repeats the first answer"
+        text = answers[0]["content"]
+        heard = parse_reply(ds, text)
+        assert heard is not None and heard.satisfied(ds.items[items[0]]), text
+        kinds_seen.add(heard.kind)
+    assert n > 250 and len(kinds_seen) >= 7, (n, kinds_seen)
+
+
+def test_held_out_phrasings_never_appear_in_training_requests(data):
+    ds, index = data
+    from sft_data.requests import request_samples
+
+    rows = request_samples(ds, index, 300, 10, seed=1)
+    texts = [m["content"] for r in rows for m in r["messages"] if m["role"] == "user"]
+    for kind in KINDS:
+        for template in phrasings(kind, True):
+            fixed = max(template.replace("{", "}").split("}")[::2], key=len).strip(" .,?")
+            if len(fixed) >= 12:
+                assert not any(fixed.lower() in t.lower() for t in texts), (kind, fixed)
+
+
+def test_reply_names_the_request_and_reads_back_to_the_same_items(data):
+    ds, _ = data
+    rng = random.Random(3)
+    everything = range(len(ds.items))
+    for kind in KINDS:
+        for _ in range(10):
+            h = ds.users[rng.randrange(len(ds.users))].train_items()
+            c = counterfactual(kind, ds, h, rng) or derive(kind, ds, h, h[-1], rng)
+            if c is None:
+                continue
+            text = reply(ds, c, h[-10:], h[-1], rng)
+            assert c.named_in(text), (kind, text)
+            back = parse_reply(ds, text)
+            assert back is not None, text
+            assert {i for i in everything if back.satisfied(ds.items[i])} == {
+                i for i in everything if c.satisfied(ds.items[i])
+            }
+    first = ds.users[0].train_items()[-1]
+    diff = follow_up("different", ds, first, rng)
+    back = parse_reply(ds, reply(ds, diff, [1, 2, 3], 5, rng), [first])
+    assert back is not None and not back.satisfied(ds.items[first])
+    assert parse_reply(ds, "Here is what I would pick:") is None
+    assert unsatisfying(ds, None) == set()
+    assert "fits" in why(ds, next(i for i in everything if diff.satisfied(ds.items[i])), diff, [1, 2, 3])
+
+
+def test_chat_prompt_is_the_behaviour_prompt_with_the_request_after_it(data):
+    ds, index = data
+    h = ds.users[0].train_items()[:5]
+    msgs = chat_messages(ds, index, h, 10, [{"role": "user", "content": "No Drama please."}])
+    assert msgs[-1]["role"] == "user" and msgs[-1]["content"].endswith("Recommend the next movie.\nNo Drama please.")
+    with pytest.raises(ValueError, match="role"):
+        chat_messages(ds, index, h, 10, [{"role": "system", "content": "x"}])
+    rng = random.Random(0)
+    c = counterfactual("genre", ds, h, rng)
+    words = GENRE_WORDS[c.slots["genre"]]
+    assert phrase(c, rng, heldout=True) in [p.format(genre=w) for p in phrasings("genre", True) for w in words]
