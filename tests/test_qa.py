@@ -83,7 +83,7 @@ def test_training_questions_never_touch_held_out_users_or_items(data):
 
 
 def test_mixture_ratios_parse_and_refuse_bad_input():
-    assert mixture_ratios(SFTDataConfig()) == {"behaviour": 1.0, "alignment": 0.3}
+    assert mixture_ratios(SFTDataConfig()) == {"behaviour": 1.0, "alignment": 0.3, "request": 0.3}
     r = mixture_ratios(SFTDataConfig(mixture="activation", ratios="user_qa=0.8, behaviour=0"))
     assert r["user_qa"] == 0.8 and r["behaviour"] == 0.0 and r["reasoning"] == 0.5
     with pytest.raises(ThinkRecError, match="unknown mixture"):
@@ -97,7 +97,7 @@ def test_mixture_ratios_parse_and_refuse_bad_input():
 # QA training CI runs: steps and the history shown, small enough for 2 cores (~8 min)
 QA_TRAIN_STEPS = 150
 QA_HISTORY = 6
-QA_RATIOS = "behaviour=0.1,user_qa=0.4,video_qa=0.4,alignment=0.2,reasoning=0.3"
+QA_RATIOS = "behaviour=0.1,user_qa=0.4,video_qa=0.4,alignment=0.2,reasoning=0.3,request=0"
 
 
 @pytest.mark.slow
