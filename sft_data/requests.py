@@ -131,6 +131,10 @@ PHRASINGS: dict[str, list[str]] = {
         "Show me a more recent one.",
         "I'd like a newer pick.",
         "Less old, more new, please.",
+        "A later film, please.",
+        "Something from later years.",
+        "More recent than usual, please.",
+        "Anything newer?",
     ],
     "older": [
         "Something older, please.",
@@ -145,6 +149,10 @@ PHRASINGS: dict[str, list[str]] = {
         "A classic from earlier years, please.",
         "Pick an older one.",
         "Let's watch something older.",
+        "An earlier film, please.",
+        "Something from earlier years.",
+        "Older than usual, please.",
+        "Anything older?",
     ],
     "exclude": [
         "No {genre} this time.",
