@@ -28,6 +28,16 @@ def tokenized_run(tmp_path_factory):
     return run, report
 
 
+@pytest.fixture(scope="session")
+def data(tokenized_run):
+    """The tokenized run's data set and SID index."""
+    from thinkrec.data import load_prepared
+    from tokenizer_ext.stage import load_index
+
+    run, _ = tokenized_run
+    return load_prepared(run), load_index(run)
+
+
 # The size CI trains at: enough for the fine-tuned LLM to beat the popularity baseline on the
 # held-out test items of the evaluated users (tests/test_pipeline.py), small enough for 2 cores.
 TEST_TRAIN_STEPS = 300

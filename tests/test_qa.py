@@ -20,15 +20,6 @@ from thinkrec.errors import ThinkRecError
 from tokenizer_ext.sid import find_sids
 
 
-@pytest.fixture(scope="module")
-def data(tokenized_run):
-    from thinkrec.data import load_prepared
-    from tokenizer_ext.stage import load_index
-
-    run, _ = tokenized_run
-    return load_prepared(run), load_index(run)
-
-
 def test_user_questions_are_answered_by_the_history(data):
     ds, index = data
     questions = user_questions(ds, index, 90, history_len=10, heldout=False, seed=3)

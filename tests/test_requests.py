@@ -31,15 +31,6 @@ from sft_data.requests import (
 from tokenizer_ext.sid import find_sids
 
 
-@pytest.fixture(scope="module")
-def data(tokenized_run):
-    from thinkrec.data import load_prepared
-    from tokenizer_ext.stage import load_index
-
-    run, _ = tokenized_run
-    return load_prepared(run), load_index(run)
-
-
 def test_every_kind_has_many_phrasings_and_some_are_held_out():
     for kind in (*KINDS, *FOLLOW_UPS):
         train, held = phrasings(kind, False), phrasings(kind, True)
