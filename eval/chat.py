@@ -26,6 +26,7 @@ from eval.generate import beam_recommend
 from eval.metrics import rank_metrics
 from model.base import load_causal_lm
 from rl.served import served_model_dir
+from rl.stage import history_len_of
 from sft_data.prompts import TITLED, chat_messages
 from sft_data.qa import is_heldout_user
 from sft_data.requests import (
@@ -74,7 +75,6 @@ class Asker:
     def __init__(self, model, tok, ds: Dataset, index: SIDIndex, history_len: int, cfg: ChatEvalConfig):
         self.model, self.tok, self.ds, self.index, self.cfg = model, tok, ds, index, cfg
         self.history_len, self.trie = history_len, TokenTrie(index, tok)
-        self.model_only, self.last_model_only = False, None
 
     def top_k(self, prompts: list[list[dict]], excluded: list[set[int]], prefixes: list[str] | None) -> list[list[int]]:
         codes = [{self.index.codes[i] for i in e} for e in excluded]
@@ -101,10 +101,12 @@ class Asker:
         conversations: list[list[dict]],
         shown: list[set[int]],
         previous: list[list[int]] | None = None,
+        unchecked: bool = False,
     ):
-        """(replies, top-k items) for each conversation, which ends with a user turn. As the served
-        chat does, the items keep to what the reply says it heard (parse_reply); `previous[i]` is
-        the answer before, for follow-ups such as "something different"."""
+        """(replies, top-k items, unchecked items) for each conversation, which ends with a user
+        turn. As the served chat does, the items keep to what the reply says it heard (parse_reply);
+        `previous[i]` is the answer before, for follow-ups such as "something different". With
+        `unchecked`, also the items after the same reply without that check (what the LLM alone does)."""
         prompts = [
             chat_messages(self.ds, self.index, h, self.history_len, c)
             for h, c in zip(histories, conversations, strict=True)
@@ -113,12 +115,10 @@ class Asker:
         previous = previous or [[] for _ in histories]
         heard = [parse_reply(self.ds, r, p) for r, p in zip(replies, previous, strict=True)]
         excluded = [set(h) | s | unsatisfying(self.ds, c) for h, s, c in zip(histories, shown, heard, strict=True)]
-        items = self.top_k(prompts, excluded, [r + " " if r else "" for r in replies])
-        self.last_model_only = None
-        if self.model_only:  # the same reply, the items without the check: what the LLM alone does
-            seen = [set(h) | s for h, s in zip(histories, shown, strict=True)]
-            self.last_model_only = self.top_k(prompts, seen, [r + " " if r else "" for r in replies])
-        return replies, items
+        prefixes = [r + " " if r else "" for r in replies]
+        items = self.top_k(prompts, excluded, prefixes)
+        seen = [set(h) | s for h, s in zip(histories, shown, strict=True)]
+        return replies, items, self.top_k(prompts, seen, prefixes) if unchecked else None
 
     def plain(self, histories: list[list[int]]) -> list[list[int]]:
         prompts = [chat_messages(self.ds, self.index, h, self.history_len) for h in histories]
@@ -138,7 +138,7 @@ def run_chat_eval(cfg: ChatEvalConfig, run: RunDir) -> dict:
         raise ThinkRecError("chat_users, chat_k, chat_beams, reply_tokens and chat_batch_size must be >= 1")
     t0 = time.time()
     ds, index = load_prepared(run), load_index(run)
-    history_len = int(run.manifest()["stages"].get("sft_data", {}).get("config", {}).get("history_len", 10))
+    history_len = history_len_of(run)
     model_dir = Path(cfg.chat_model_dir) if cfg.chat_model_dir else served_model_dir(run)
     tok, model = load_causal_lm(model_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -158,12 +158,10 @@ def run_chat_eval(cfg: ChatEvalConfig, run: RunDir) -> dict:
         if not asks:
             continue
         convs = [[{"role": "user", "content": phrase(c, rng, heldout=True)}] for _, c in asks]
-        ask.model_only = True
-        replies, items = ask.chat([hist[u] for u, _ in asks], convs, [set()] * len(asks))
-        ask.model_only = False
+        replies, items, unchecked = ask.chat([hist[u] for u, _ in asks], convs, [set()] * len(asks), unchecked=True)
         chat_share = [_share(it, c, ds) for it, (_, c) in zip(items, asks, strict=True)]
         base_share = [_share(plain[u], c, ds) for u, c in asks]
-        alone = [_share(it, c, ds) for it, (_, c) in zip(ask.last_model_only, asks, strict=True)]
+        alone = [_share(it, c, ds) for it, (_, c) in zip(unchecked, asks, strict=True)]
         per_kind[kind] = {
             "asked": len(asks),
             "satisfaction_model_only": _mean(alone),
@@ -184,16 +182,17 @@ def run_chat_eval(cfg: ChatEvalConfig, run: RunDir) -> dict:
                 derived.append((u, c))
                 break
     convs = [[{"role": "user", "content": phrase(c, rng, heldout=True)}] for _, c in derived]
-    _, with_req = ask.chat([hist[u] for u, _ in derived], convs, [set()] * len(derived))
+    _, with_req, _ = ask.chat([hist[u] for u, _ in derived], convs, [set()] * len(derived))
     ks = [5, cfg.chat_k] if cfg.chat_k != 5 else [5]
     m_with = rank_metrics(with_req, [test[u] for u, _ in derived], ks)
+    m_plain = rank_metrics(plain, test, [cfg.chat_k])
     m_without = rank_metrics([plain[u] for u, _ in derived], [test[u] for u, _ in derived], ks)
 
     # (c) a second turn: a follow-up about the first answer's top item
     first_conv = [
         [{"role": "user", "content": phrase(counterfactual("genre", ds, h, rng), rng, heldout=True)}] for h in hist
     ]
-    r1, items1 = ask.chat(hist, first_conv, [set()] * len(hist))
+    r1, items1, _ = ask.chat(hist, first_conv, [set()] * len(hist))
     second, convs2, shown2, prev2 = [], [], [], []
     for u, (conv, reply, items) in enumerate(zip(first_conv, r1, items1, strict=True)):
         f = follow_up(FOLLOW_UPS[u % len(FOLLOW_UPS)], ds, items[0], rng) if items else None
@@ -206,7 +205,7 @@ def run_chat_eval(cfg: ChatEvalConfig, run: RunDir) -> dict:
         second.append((u, f))
         shown2.append(set(items))
         prev2.append(items)
-    r2, items2 = ask.chat([hist[u] for u, _ in second], convs2, shown2, prev2)
+    r2, items2, _ = ask.chat([hist[u] for u, _ in second], convs2, shown2, prev2)
     repeats = [bool(set(it) & s) for it, s in zip(items2, shown2, strict=True)]
     follow_share = [_share(it, f, ds) for it, (_, f) in zip(items2, second, strict=True)]
     for r, (_, f) in zip(r2, second, strict=True):
@@ -242,8 +241,8 @@ def run_chat_eval(cfg: ChatEvalConfig, run: RunDir) -> dict:
             "names_attribute": _mean([float(x) for x in reply_named]),
             "names_history_title": _mean([float(x) for x in reply_title]),
         },
-        f"plain_recall@{cfg.chat_k}": rank_metrics(plain, test, [cfg.chat_k])[f"recall@{cfg.chat_k}"],
-        f"plain_ndcg@{cfg.chat_k}": rank_metrics(plain, test, [cfg.chat_k])[f"ndcg@{cfg.chat_k}"],
+        f"plain_recall@{cfg.chat_k}": m_plain[f"recall@{cfg.chat_k}"],
+        f"plain_ndcg@{cfg.chat_k}": m_plain[f"ndcg@{cfg.chat_k}"],
         f"plain_recall@{cfg.chat_k}_sft_only": None,
         f"plain_ndcg@{cfg.chat_k}_sft_only": None,
     }

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from tokenizer_ext.sid import SID_BEGIN, TokenTrie
+from tokenizer_ext.sid import SID_BEGIN, TokenTrie, prefix_counts
 
 
 @dataclass
@@ -33,13 +33,13 @@ def generation_prompt(tok, messages: list[dict], answer_prefix: str = "") -> str
 
 
 def _allowed_mask(
-    trie: TokenTrie, prefixes: list[list[int]], vocab: int, excluded: list[set[tuple[int, ...]]] | None = None
+    trie: TokenTrie, prefixes: list[list[int]], vocab: int, excluded: list[Counter] | None = None
 ) -> torch.Tensor:
-    """Rows' allowed next tokens; `excluded[r]` holds codes row r may not complete (seen items, or
-    items a request rules out). A branch is closed as soon as every item under it is excluded, as
-    the served search does (serve/search.py), so no beam is spent on a subtree with nothing left."""
+    """Rows' allowed next tokens. `excluded[r]` counts, per code prefix, the items row r may not
+    return (seen items, or items a request rules out: `prefix_counts`); a branch is closed as soon
+    as every item under it is excluded, as the served search does (serve/search.py)."""
     mask = torch.zeros(len(prefixes), vocab, dtype=torch.bool)
-    under = _items_under(trie)
+    under = trie.index.items_under
     for r, p in enumerate(prefixes):
         ids = trie.allowed_after(p)
         if not ids:  # off the trie (a dead beam): nothing is allowed
@@ -47,32 +47,11 @@ def _allowed_mask(
         mask[r, ids] = True
         if excluded and excluded[r]:
             head = tuple(trie.code_of_id[t][1] for t in p)
-            gone = _excluded_under(excluded[r])
             for t in ids:
                 child = (*head, trie.code_of_id[t][1])
-                if gone[child] >= under[child]:
+                if excluded[r][child] >= under[child]:
                     mask[r, t] = False
     return mask
-
-
-def _items_under(trie: TokenTrie) -> Counter:
-    if not hasattr(trie, "_items_under"):
-        trie._items_under = Counter(c[:d] for c in trie.index.codes for d in range(1, trie.levels + 1))
-    return trie._items_under
-
-
-_EXCLUDED_CACHE: dict[int, tuple[set, Counter]] = {}
-
-
-def _excluded_under(codes: set[tuple[int, ...]]) -> Counter:
-    """How many excluded codes lie under each prefix (cached per set: every beam of a prompt shares it)."""
-    hit = _EXCLUDED_CACHE.get(id(codes))
-    if hit is None or hit[0] is not codes:
-        if len(_EXCLUDED_CACHE) > 4096:
-            _EXCLUDED_CACHE.clear()
-        hit = (codes, Counter(c[:d] for c in codes for d in range(1, len(c) + 1)))
-        _EXCLUDED_CACHE[id(codes)] = hit
-    return hit[1]
 
 
 def _prefill(model, tok, prompts: list[list[dict]], answer_prefixes: list[str] | None = None):
@@ -101,8 +80,10 @@ def trie_beam_search(
     cache = copy.deepcopy(prefill.past_key_values)
     logp = torch.log_softmax(prefill.logits[:, -1].float(), dim=-1)
     B, V = logp.shape
+    gone = [prefix_counts(e) for e in excluded] if constrained and excluded else None
+    per_row = [g for g in gone for _ in range(num_beams)] if gone else None
     if constrained:
-        logp = logp.masked_fill(~_allowed_mask(trie, [[]] * B, V, excluded).to(logp.device), -torch.inf)
+        logp = logp.masked_fill(~_allowed_mask(trie, [[]] * B, V, gone).to(logp.device), -torch.inf)
     scores, first = logp.topk(num_beams, dim=-1)  # (B, k)
     tokens = first.unsqueeze(-1)
     cache.batch_repeat_interleave(num_beams)
@@ -120,7 +101,6 @@ def trie_beam_search(
         )
         logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         if constrained:
-            per_row = [e for e in excluded for _ in range(num_beams)] if excluded else None
             prefixes = tokens.reshape(B * num_beams, -1).tolist()
             logp = logp.masked_fill(~_allowed_mask(trie, prefixes, V, per_row).to(logp.device), -torch.inf)
         total = (scores.reshape(-1, 1) + logp).view(B, num_beams * V)
@@ -197,7 +177,8 @@ def trie_sample(
     attn = enc["attention_mask"].repeat_interleave(group, dim=0)
     pos = attn.sum(-1, keepdim=True) - 1
     logits = out.logits[:, -1].repeat_interleave(group, dim=0)
-    per_row = [e for e in exclude for _ in range(group)] if exclude else None
+    gone = [prefix_counts(e) for e in exclude] if constrained and exclude else []
+    per_row = [g for g in gone for _ in range(group)] or None
     tokens = torch.empty(len(attn), 0, dtype=torch.long, device=attn.device)
     for step in range(trie.levels):
         if step:

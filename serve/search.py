@@ -22,11 +22,10 @@ each further generated token costs one. So requests are few and go deep:
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from tokenizer_ext.sid import SIDIndex, TokenTrie
+from tokenizer_ext.sid import SIDIndex, TokenTrie, prefix_counts
 
 # prompt token ids, token ids to score (or None), else top logprobs per step, steps
 #   -> per step (token taken, {token id: logprob})
@@ -44,8 +43,6 @@ class Hit:
 class TrieSearch:
     def __init__(self, index: SIDIndex, trie: TokenTrie) -> None:
         self.index, self.trie, self.levels = index, trie, index.levels
-        # items under each prefix, to skip subtrees that hold only excluded items
-        self.items_under: Counter[tuple[int, ...]] = Counter(c[:d] for c in index.codes for d in range(self.levels + 1))
 
     async def top_k(
         self, score: Score, prompt_ids: list[int], k: int, beams: int, exclude: set[int] = frozenset()
@@ -65,7 +62,7 @@ class _Run:
 
     def __init__(self, search: TrieSearch, score: Score, prompt_ids: list[int], beams: int, exclude: set[int]):
         self.s, self.score, self.prompt_ids = search, score, prompt_ids
-        self.excluded = Counter(search.index.codes[i][:d] for i in exclude for d in range(search.levels + 1))
+        self.excluded = prefix_counts(search.index.codes[i] for i in exclude)
         # without scored ids: enough top logprobs for the best `beams` allowed children
         widest = max(len(v) for v in search.index.trie.values())
         self.logprobs = min(widest, beams + len(exclude)) + 1
@@ -73,7 +70,8 @@ class _Run:
         self.requests = 0
 
     def alive(self, prefix: tuple[int, ...]) -> bool:
-        return self.s.items_under[prefix] > self.excluded[prefix]
+        # a subtree that holds only excluded items is never expanded
+        return self.s.index.items_under[prefix] > self.excluded[prefix]
 
     async def level(self, beam: list[Node], keep: int) -> list[Node]:
         """The allowed children of the beam's prefixes, at least all that can be among the best `keep`."""

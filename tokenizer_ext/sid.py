@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,11 @@ def find_sids(text: str) -> list[str]:
     return [m.group(0) for m in _SID_RE.finditer(text)]
 
 
+def prefix_counts(codes: Iterable[tuple[int, ...]]) -> Counter:
+    """How many of `codes` lie under each prefix, the empty one included."""
+    return Counter(c[:d] for c in codes for d in range(len(c) + 1))
+
+
 @dataclass
 class SIDIndex:
     """Item index <-> code, plus the trie of valid prefixes for constrained decoding."""
@@ -67,6 +74,8 @@ class SIDIndex:
         for c in self.codes:
             for depth in range(self.levels):
                 self.trie.setdefault(c[:depth], set()).add(c[depth])
+        # items under each prefix: a search skips a subtree once all of them are excluded
+        self.items_under = prefix_counts(self.codes)
 
     def sid(self, item_idx: int) -> str:
         if not 0 <= item_idx < len(self.codes):
