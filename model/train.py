@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from model.base import load_causal_lm
@@ -37,6 +37,18 @@ class AnswerOnlyTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = packed_loss(model, inputs) if "position_ids" in inputs else answer_loss(model, inputs)
         return (loss, None) if return_outputs else loss
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """A diverged run stops with a clear error at the first non-finite logged loss, before it saves
+    a broken model that later stages would serve (checkpoints written before it stay)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise ThinkRecError(
+                f"training loss became {loss} by step {state.global_step}: lower --learning-rate, or --no-bf16"
+            )
 
 
 def _wrap_lora(model, tok, cfg: TrainConfig, sid_vocab: list[str]):
@@ -188,10 +200,15 @@ def build_trainer(
         lr_scheduler_type="cosine",
         weight_decay=0.0,
         logging_steps=cfg.logging_steps,
-        logging_nan_inf_filter=not gpu,  # the filter reads the loss every step: a GPU sync
+        logging_nan_inf_filter=False,  # a non-finite loss must reach StopOnNonFiniteLoss, not be skipped
         save_steps=cfg.save_steps,
         save_total_limit=2,
         bf16=speed.bf16,
+        use_cpu=not gpu,  # transformers allows bf16 on CPU only when told it is one
+        # left-padded batches of alike lengths: a short alignment sample padded to a long
+        # behaviour one costs as much as the long one (packed rows have no padding to save)
+        # (CPU only: on a GPU, bf16 batches of only the shortest samples went NaN in 160 steps)
+        train_sampling_strategy="group_by_length" if not (gpu or speed.packing) else "random",
         seed=cfg.seed,
         report_to="none",
         remove_unused_columns=False,
@@ -207,7 +224,7 @@ def build_trainer(
         train_dataset=train_data,
         data_collator=collator,
         processing_class=tok,
-        callbacks=[speed.eager_view(cb) for cb in callbacks or []],
+        callbacks=[StopOnNonFiniteLoss()] + [speed.eager_view(cb) for cb in callbacks or []],
     )
     return trainer, speed
 

@@ -256,7 +256,7 @@ def test_bounded_load_has_no_failures_and_no_memory_growth(server, catalogue):
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (CI installs it)")
 def test_chat_page_in_headless_chromium(server, catalogue):
-    from browser import Browser
+    from eval.browser import Browser
 
     with Browser() as page:
         page.open(server.url + "/thinkrec/")

@@ -126,12 +126,13 @@ def test_the_trainer_trains_on_packed_batches(tmp_path, batch_tokens):
 
 
 def test_cpu_keeps_left_padding_by_default_and_bad_values_are_named():
-    from model.fastpath import plan
+    from model.fastpath import cpu_has_bf16, plan
     from thinkrec.config import TrainConfig
     from thinkrec.errors import ThinkRecError
 
     speed = plan(TrainConfig(), tiny_model())
-    assert not speed.packing and not speed.compile and not speed.bf16 and speed.attention is None
+    assert not speed.packing and not speed.compile and speed.attention is None
+    assert speed.bf16 == cpu_has_bf16() and not plan(TrainConfig(bf16=False), tiny_model()).bf16
     with pytest.raises(ThinkRecError, match="packing"):
         plan(TrainConfig(packing="yes"), tiny_model())
 
@@ -165,3 +166,29 @@ def test_gradient_accumulation_on_packed_rows_matches_one_pack_per_step(tmp_path
         losses[accum] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert all(torch.isfinite(torch.tensor(v)).all() for v in losses.values())
     assert losses[2][0] == pytest.approx((losses[1][0] + losses[1][1]) / 2, rel=1e-4), losses
+
+
+def test_a_diverged_run_stops_with_a_clear_error(tmp_path):
+    # a learning rate far too high sends a real tiny model's loss to inf/NaN within a few steps
+    from transformers import TrainingArguments
+
+    from model.collate import LeftPadCollator
+    from model.train import AnswerOnlyTrainer, StopOnNonFiniteLoss
+    from thinkrec.errors import ThinkRecError
+
+    model = tiny_model()
+    rows = [{"input_ids": [1, 2, 3, 4, 5, 6], "labels": [-100, -100, -100, 4, 5, 6]}] * 16
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=20, learning_rate=1e12,
+        logging_steps=1, logging_nan_inf_filter=False, save_strategy="no", report_to="none", use_cpu=True,
+        remove_unused_columns=False,
+    )  # fmt: skip
+    trainer = AnswerOnlyTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        data_collator=LeftPadCollator(PAD),
+        callbacks=[StopOnNonFiniteLoss()],
+    )
+    with pytest.raises(ThinkRecError, match="training loss became"):
+        trainer.train()

@@ -111,7 +111,9 @@ class TrainConfig:
         default=100, metadata={"help": "optimizer steps between checkpoints (a rerun resumes from the newest)"}
     )
     logging_steps: int = field(default=10, metadata={"help": "optimizer steps between loss log lines"})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on a GPU that has it; the CPU stays fp32"})
+    bf16: bool = field(
+        default=True, metadata={"help": "bf16 autocast where the GPU or CPU multiplies bf16 natively (else fp32)"}
+    )
     packing: str = field(
         default="auto",
         metadata={"help": "padding-free rows (model.packing): auto (on a GPU; CPU keeps left padding) | on | off"},

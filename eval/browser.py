@@ -1,4 +1,5 @@
-"""A headless Debian chromium driven over the Chrome DevTools Protocol (no extra driver needed)."""
+"""A headless Debian chromium driven over the Chrome DevTools Protocol (no extra driver needed):
+the chat page's browser test and eval/chat_screenshot.py use it."""
 
 from __future__ import annotations
 
@@ -60,6 +61,16 @@ class Browser:
 
     def open(self, url: str) -> None:
         self._call("Page.navigate", url=url)
+
+    def resize(self, width: int, height: int) -> None:
+        self._call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+
+    def screenshot(self) -> bytes:
+        """The whole page as PNG bytes."""
+        import base64
+
+        shot = self._call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        return base64.b64decode(shot["data"])
 
     def eval(self, expression: str):
         result = self._call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
