@@ -109,7 +109,8 @@ class VisionLM(nn.Module):
                 f"{int(slots.sum())} {IMAGE_TOKEN} slots for {projected.shape[0]} images of {projected.shape[1]} tokens"
             )
         embeds = embeds.clone()
-        embeds[slots] = projected.reshape(-1, projected.shape[-1])  # row-major: image b fills row b's slots
+        # row-major: image b fills row b's slots (under autocast the projector's output is bf16)
+        embeds[slots] = projected.reshape(-1, projected.shape[-1]).to(embeds.dtype)
         return embeds
 
     def forward(self, input_ids, attention_mask=None, image_features=None, **kwargs):
@@ -149,6 +150,7 @@ def train_projector(
     Returns the Trainer's log history."""
     import tempfile
 
+    from accelerate.utils import extract_model_from_parallel
     from transformers import TrainingArguments, set_seed
 
     from model.collate import LeftPadCollator, encode_chat
@@ -180,4 +182,7 @@ def train_projector(
         model=vlm, args=args, train_dataset=rows, data_collator=LeftPadCollator(tok.pad_token_id)
     )
     trainer.train()
+    # accelerate wrapped forward in the training autocast: unwrap it, so the trained model answers in
+    # its own precision, as it will once saved and loaded
+    extract_model_from_parallel(vlm, keep_fp32_wrapper=False)
     return trainer.state.log_history
