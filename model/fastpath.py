@@ -6,8 +6,8 @@ memory, flex_attention (its block mask skips the blocks between samples, where S
 dense mask would compute them all), the decoder layers compiled, and collation in worker
 processes. On CPU: left-padded batches of `batch_size` samples as before (`--packing on` packs
 them into one row instead), the model's own attention, no compile (compiling takes minutes on 2
-cores, more than a demo run gains), collation in the main process, and bf16 autocast where the
-CPU multiplies bf16 natively (AVX512-BF16 or AMX: 1.5x a fp32 step on 2 Zen 4 cores), else fp32.
+cores, more than a demo run gains), collation in the main process, fp32 (`--cpu-bf16` turns bf16
+autocast on where the CPU has bf16 instructions: 1.5x a fp32 step on 2 Zen 4 cores, lower quality).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def plan(cfg: TrainConfig, model) -> Speed:
         attention=attention,
         compile=cfg.compile and gpu,
         workers=workers,
-        bf16=cfg.bf16 and (torch.cuda.is_bf16_supported() if gpu else cpu_has_bf16()),
+        bf16=cfg.bf16 and torch.cuda.is_bf16_supported() if gpu else cfg.cpu_bf16 and cpu_has_bf16(),
         original_attention=getattr(text_config(base_model(model)), "_attn_implementation", None) or "sdpa",
     )
 

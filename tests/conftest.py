@@ -53,5 +53,6 @@ def trained_run(tokenized_run):
 
     run, _ = tokenized_run
     run_sft_data(SFTDataConfig(), run)
-    summary = run_train(TrainConfig(max_steps=TEST_TRAIN_STEPS, save_steps=100), run)
+    # bf16 on a CPU that has it: the suite's training in two thirds of the fp32 time
+    summary = run_train(TrainConfig(max_steps=TEST_TRAIN_STEPS, save_steps=100, cpu_bf16=True), run)
     return run, summary

@@ -101,7 +101,9 @@ def test_training_on_the_qa_mixture_lifts_held_out_qa_accuracy_above_the_untrain
     run, _ = tokenized_run
     counts = run_sft_data(SFTDataConfig(mixture="activation", history_len=QA_HISTORY, ratios=QA_RATIOS), run)
     assert {"user_top_genre", "item_genre", "reasoning", "behaviour"} <= set(counts)
-    train = TrainConfig(mixture="activation", sft_name="sft_qa", max_steps=QA_TRAIN_STEPS, save_steps=10_000)
+    train = TrainConfig(
+        mixture="activation", sft_name="sft_qa", max_steps=QA_TRAIN_STEPS, save_steps=10_000, cpu_bf16=True
+    )
     run_train(train, run)
     cfg = QAEvalConfig(qa_models="base,sft_qa", qa_history_len=QA_HISTORY, qa_questions=32, qa_rec_users=4)
     report = run_qa_eval(cfg, run)

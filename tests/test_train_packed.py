@@ -132,7 +132,7 @@ def test_cpu_keeps_left_padding_by_default_and_bad_values_are_named():
 
     speed = plan(TrainConfig(), tiny_model())
     assert not speed.packing and not speed.compile and speed.attention is None
-    assert speed.bf16 == cpu_has_bf16() and not plan(TrainConfig(bf16=False), tiny_model()).bf16
+    assert not speed.bf16 and plan(TrainConfig(cpu_bf16=True), tiny_model()).bf16 == cpu_has_bf16()
     with pytest.raises(ThinkRecError, match="packing"):
         plan(TrainConfig(packing="yes"), tiny_model())
 

@@ -111,8 +111,13 @@ class TrainConfig:
         default=100, metadata={"help": "optimizer steps between checkpoints (a rerun resumes from the newest)"}
     )
     logging_steps: int = field(default=10, metadata={"help": "optimizer steps between loss log lines"})
-    bf16: bool = field(
-        default=True, metadata={"help": "bf16 autocast where the GPU or CPU multiplies bf16 natively (else fp32)"}
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on a GPU that has it"})
+    cpu_bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "bf16 autocast on a CPU with bf16 instructions (AVX512-BF16/AMX): 1.5x faster steps, but the "
+            "300-step demo reached test Recall@10 0.095 against 0.122-0.127 in fp32, so the CPU stays fp32 unless set"
+        },
     )
     packing: str = field(
         default="auto",
