@@ -17,7 +17,7 @@ from thinkrec.errors import ThinkRecError
 TURNS = ("Something with more Sci-Fi, please.", "Older than that.")
 
 
-def capture(run_dir: Path, out: Path, user: str, turns: tuple[str, ...], k: int = 3) -> list[str]:
+def capture(run_dir: Path, out: Path, user: str, turns: tuple[str, ...]) -> list[str]:
     """Serve the run, chat `turns` as `user` on the page, save the page; returns the page's turns."""
     if shutil.which("chromium") is None:
         raise ThinkRecError("needs Debian's chromium (apt-get install chromium)")

@@ -116,9 +116,14 @@ def plan(cfg: TrainConfig, model) -> Speed:
         attention=attention,
         compile=cfg.compile and gpu,
         workers=workers,
-        bf16=cfg.bf16 and torch.cuda.is_bf16_supported() if gpu else cfg.cpu_bf16 and cpu_has_bf16(),
+        bf16=use_bf16(cfg.bf16, cfg.cpu_bf16),
         original_attention=getattr(text_config(base_model(model)), "_attn_implementation", None) or "sdpa",
     )
+
+
+def use_bf16(on_gpu: bool, on_cpu: bool) -> bool:
+    """Whether to train under bf16 autocast on this machine: asked for (per device kind) and native there."""
+    return on_gpu and torch.cuda.is_bf16_supported() if torch.cuda.is_available() else on_cpu and cpu_has_bf16()
 
 
 def cpu_has_bf16() -> bool:

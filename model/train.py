@@ -47,7 +47,7 @@ class StopOnNonFiniteLoss(TrainerCallback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
             raise ThinkRecError(
-                f"training loss became {loss} by step {state.global_step}: lower --learning-rate, or --no-bf16"
+                f"training loss became {loss} by step {state.global_step}: lower --learning-rate, or train without bf16"
             )
 
 
