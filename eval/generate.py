@@ -3,19 +3,20 @@ prefix trie or free (to measure how often the model spells a real item on its ow
 
 A SID has a fixed number of code tokens, so the search is short and written out here rather than
 through `generate(num_beams=...)`: HF beam search copies every prompt num_beams times *before*
-the prefill, which costs num_beams full prompt passes; here each prompt is prefilled once and
-only its KV cache is repeated. One prefill also serves both the constrained and the free search.
+the prefill, which costs num_beams full prompt passes; here each prompt is prefilled once and its
+beams decode in that one cache row under a tree mask (TreeBranches). One prefill also serves both
+the constrained and the free search.
 """
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
+from model.fastpath import base_model, text_config
 from tokenizer_ext.sid import SID_BEGIN, TokenTrie, prefix_counts
 
 
@@ -64,6 +65,57 @@ def _prefill(model, tok, prompts: list[list[dict]], answer_prefixes: list[str] |
     return enc, model(**enc, position_ids=pos, use_cache=True, logits_to_keep=1)
 
 
+class TreeBranches:
+    """Several continuations of each prefilled prompt decoded side by side in ONE cache row.
+
+    A continuation's tokens go into the prompt's own KV cache, and a 4D mask lets each see the
+    prompt and its own earlier tokens only (tree attention). Copying the prompt's cache per beam, as
+    HF does, moved GBs a step and cost 4x the search itself on CPU; here a step adds `width`
+    tokens per prompt. `close()` crops the cache back to the prompt, so it serves the next search."""
+
+    def __init__(self, model, prefill, attn: torch.Tensor, width: int):
+        self.model, self.cache, self.width = model, prefill.past_key_values, width
+        self.prompt_len = self.cache.get_seq_length()
+        B = attn.shape[0]
+        self.prompt_seen = attn.bool()[:, None, :].expand(B, width, -1)
+        self.last_pos = attn.sum(-1, keepdim=True) - 1  # (B, 1): last prompt position (left padding)
+        self.seen = torch.zeros(B, width, 0, dtype=torch.bool, device=attn.device)  # (B, width, added)
+        self.steps = 0
+        attention = getattr(text_config(base_model(model)), "_attn_implementation", "sdpa")
+        if attention not in ("sdpa", "eager"):
+            raise ValueError(f"tree decoding needs sdpa or eager attention, not {attention}")
+        self.bool_mask = attention == "sdpa"
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per branch (B, width); returns the next-token logits (B, width, vocab)."""
+        B, k = tokens.shape
+        self.steps += 1
+        self.seen = torch.cat([self.seen, torch.eye(k, dtype=torch.bool, device=tokens.device).expand(B, k, k)], -1)
+        allowed = torch.cat([self.prompt_seen, self.seen], -1)[:, None]  # (B, 1, width, prompt + added)
+        if self.bool_mask:
+            mask = allowed
+        else:  # eager attention adds its mask to the scores
+            blocked = torch.finfo(torch.float32).min
+            mask = torch.zeros(allowed.shape, device=tokens.device).masked_fill(~allowed, blocked)
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=mask,
+            position_ids=(self.last_pos + self.steps).expand(B, k),
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return out.logits
+
+    def reorder(self, parent: torch.Tensor) -> None:
+        """Branch j continues branch parent[b, j] (beam search): it inherits that branch's tokens."""
+        self.seen = self.seen.gather(1, parent.unsqueeze(-1).expand(-1, -1, self.seen.shape[-1]))
+
+    def close(self) -> None:
+        added = self.cache.get_seq_length() - self.prompt_len
+        if added:
+            self.cache.crop(-added)
+
+
 @torch.no_grad()
 def trie_beam_search(
     model,
@@ -76,8 +128,8 @@ def trie_beam_search(
 ):
     """Beam search over `trie.levels` code tokens after a prefilled prompt batch. Constrained,
     `excluded[b]` (codes of items prompt b has seen) are never completed, so no beam is spent on them.
-    Returns tokens (B, num_beams, levels) and scores (B, num_beams); -inf scores are dead beams."""
-    cache = copy.deepcopy(prefill.past_key_values)
+    Returns tokens (B, num_beams, levels) and scores (B, num_beams); -inf scores are dead beams.
+    The prefill's cache is left as it was, so one prefill serves several searches."""
     logp = torch.log_softmax(prefill.logits[:, -1].float(), dim=-1)
     B, V = logp.shape
     gone = [prefix_counts(e) for e in excluded] if constrained and excluded else None
@@ -86,32 +138,22 @@ def trie_beam_search(
         logp = logp.masked_fill(~_allowed_mask(trie, [[]] * B, V, gone).to(logp.device), -torch.inf)
     scores, first = logp.topk(num_beams, dim=-1)  # (B, k)
     tokens = first.unsqueeze(-1)
-    cache.batch_repeat_interleave(num_beams)
-    attn = attn.repeat_interleave(num_beams, dim=0)
-    pos = attn.sum(-1, keepdim=True) - 1  # last prompt position of each row (left padding)
-    for _ in range(1, trie.levels):
-        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
-        pos = pos + 1
-        out = model(
-            input_ids=tokens[:, :, -1].reshape(-1, 1),
-            attention_mask=attn,
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=True,
-        )
-        logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-        if constrained:
-            prefixes = tokens.reshape(B * num_beams, -1).tolist()
-            logp = logp.masked_fill(~_allowed_mask(trie, prefixes, V, per_row).to(logp.device), -torch.inf)
-        total = (scores.reshape(-1, 1) + logp).view(B, num_beams * V)
-        scores, flat = total.topk(num_beams, dim=-1)
-        parent, tok_id = flat // V, flat % V
-        tokens = torch.cat(
-            [tokens.gather(1, parent.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])), tok_id.unsqueeze(-1)], -1
-        )
-        rows = (parent + torch.arange(B, device=parent.device).unsqueeze(1) * num_beams).reshape(-1)
-        cache.reorder_cache(rows)
-        attn, pos = attn[rows], pos[rows]
+    branches = TreeBranches(model, prefill, attn, num_beams)
+    try:
+        for _ in range(1, trie.levels):
+            logp = torch.log_softmax(branches.step(tokens[:, :, -1]).float(), dim=-1).reshape(B * num_beams, V)
+            if constrained:
+                prefixes = tokens.reshape(B * num_beams, -1).tolist()
+                logp = logp.masked_fill(~_allowed_mask(trie, prefixes, V, per_row).to(logp.device), -torch.inf)
+            total = (scores.reshape(-1, 1) + logp).view(B, num_beams * V)
+            scores, flat = total.topk(num_beams, dim=-1)
+            parent, tok_id = flat // V, flat % V
+            tokens = torch.cat(
+                [tokens.gather(1, parent.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])), tok_id.unsqueeze(-1)], -1
+            )
+            branches.reorder(parent)
+    finally:
+        branches.close()
     return tokens, scores
 
 
@@ -172,21 +214,15 @@ def trie_sample(
     prompt. Constrained, the codes stay in the trie and avoid `exclude[i]` where the trie leaves
     another choice; free, they are whatever the model spells."""
     enc, out = _prefill(model, tok, prompts)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(group)
-    attn = enc["attention_mask"].repeat_interleave(group, dim=0)
-    pos = attn.sum(-1, keepdim=True) - 1
+    B = len(prompts)
     logits = out.logits[:, -1].repeat_interleave(group, dim=0)
     gone = [prefix_counts(e) for e in exclude] if constrained and exclude else []
     per_row = [g for g in gone for _ in range(group)] or None
-    tokens = torch.empty(len(attn), 0, dtype=torch.long, device=attn.device)
+    tokens = torch.empty(B * group, 0, dtype=torch.long, device=logits.device)
+    branches = TreeBranches(model, out, enc["attention_mask"], group)
     for step in range(trie.levels):
         if step:
-            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
-            pos = pos + 1
-            logits = model(
-                input_ids=tokens[:, -1:], attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
-            ).logits[:, -1]
+            logits = branches.step(tokens[:, -1].view(B, group)).reshape(B * group, -1)
         logits = logits.float() / temperature
         if constrained:
             prefixes = tokens.tolist()
@@ -198,4 +234,5 @@ def trie_sample(
             logits = logits.masked_fill(~mask, -torch.inf)
         nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
         tokens = torch.cat([tokens, nxt], dim=-1)
-    return tokens.view(len(prompts), group, trie.levels).tolist()
+    branches.close()
+    return tokens.view(B, group, trie.levels).tolist()

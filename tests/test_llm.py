@@ -89,6 +89,10 @@ def test_trie_beam_search_matches_hf_constrained_beam_search(extended):
     )
     hf = [[index.lookup(trie.decode_codes(b)) for b in row] for row in out[:, width:].view(2, 10, -1).tolist()]
     assert hf == ours[True].items
+    # the beams decode inside the prompt's cache, which is cropped back after each search: a free
+    # search run first off the same prefill leaves the constrained one unchanged
+    again = beam_recommend(model, tok, trie, index.lookup, prompts, num_beams=10, batch_size=2, modes=(False, True))
+    assert again[True].items == ours[True].items
 
 
 def test_a_request_constraint_keeps_every_beam_inside_the_items_that_satisfy_it(extended):

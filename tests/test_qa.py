@@ -105,7 +105,8 @@ def test_training_on_the_qa_mixture_lifts_held_out_qa_accuracy_above_the_untrain
         mixture="activation", sft_name="sft_qa", max_steps=QA_TRAIN_STEPS, save_steps=10_000, cpu_bf16=True
     )
     run_train(train, run)
-    cfg = QAEvalConfig(qa_models="base,sft_qa", qa_history_len=QA_HISTORY, qa_questions=32, qa_rec_users=4)
+    # the rationale is scored on the recommendation users: with 16, one user moves it by 1/16
+    cfg = QAEvalConfig(qa_models="base,sft_qa", qa_history_len=QA_HISTORY, qa_questions=32, qa_rec_users=16)
     report = run_qa_eval(cfg, run)
     print(format_qa_table(report))
     base, trained = report["models"]["base"]["accuracy"], report["models"]["sft_qa"]["accuracy"]
