@@ -194,8 +194,9 @@ async def _chat(request: Request, cat: Catalogue, body: bytes) -> dict:
     heard = parse_reply(cat.ds, reply, previous)
     exclude = set(history) | shown | unsatisfying(cat.ds, heard)
     items, _ = await recommend(engine, cat, messages, req.k, req.num_beams, exclude, reply + (" " if reply else ""))
-    for it in items:
-        it["why"] = why(cat.ds, cat.ds.item_by_id(it["item_id"]).idx, heard, history)
+    reasons = why(cat.ds, [cat.ds.item_by_id(it["item_id"]).idx for it in items], heard, history, cat.history_len)
+    for it, reason in zip(items, reasons, strict=True):
+        it["why"] = reason
     text = reply or "Here is what I would pick:"
     return {
         "reply": text,

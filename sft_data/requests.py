@@ -620,15 +620,23 @@ def unsatisfying(ds: Dataset, c: Constraint | None) -> set[int]:
     return out if len(out) < len(ds.items) else set()
 
 
-def why(ds: Dataset, item: int, c: Constraint | None, history: list[int]) -> str:
-    """Why an answer fits, read off the data: the request it meets, the history it is close to."""
-    parts = [f"fits {c.label}"] if c is not None and c.satisfied(ds.items[item]) else []
-    it = ds.items[item]
-    recent = history[-TITLED * 3 :]
-    if recent:
-        ref = best_reference(ds, recent, item)
-        shared = [g for g in it.genres if g in ds.items[ref].genres]
-        if shared:
-            parts.append(f"{'/'.join(shared)} like {ds.items[ref].title}")
-    year = f" ({it.year})" if it.year else ""
-    return f"{it.title}{year}: " + ("; ".join(parts) if parts else ", ".join(it.genres))
+def why(ds: Dataset, items: list[int], c: Constraint | None, history: list[int], window: int = 10) -> list[str]:
+    """Why each answer fits, read off the data: the request it meets and the recent history item it
+    is closest to (most shared genres). Among equally close ones, an item not yet named for an earlier
+    answer is named, then the newest, so a list does not cite the same title for every answer."""
+    recent = list(reversed(history[-window:]))  # newest first
+    named: Counter[int] = Counter()
+    out = []
+    for item in items:
+        it = ds.items[item]
+        parts = [f"fits {c.label}"] if c is not None and c.satisfied(it) else []
+        genres = set(it.genres)
+        if recent:
+            ref = max(recent, key=lambda i: (len(genres & set(ds.items[i].genres)), -named[i]))
+            shared = [g for g in it.genres if g in ds.items[ref].genres]
+            if shared:
+                named[ref] += 1
+                parts.append(f"{'/'.join(shared)} like {ds.items[ref].title}")
+        year = f" ({it.year})" if it.year else ""
+        out.append(f"{it.title}{year}: " + ("; ".join(parts) if parts else ", ".join(it.genres)))
+    return out

@@ -105,7 +105,24 @@ def test_reply_names_the_request_and_reads_back_to_the_same_items(data):
     assert back is not None and not back.satisfied(ds.items[first])
     assert parse_reply(ds, "Here is what I would pick:") is None
     assert unsatisfying(ds, None) == set()
-    assert "fits" in why(ds, next(i for i in everything if diff.satisfied(ds.items[i])), diff, [1, 2, 3])
+    assert "fits" in why(ds, [next(i for i in everything if diff.satisfied(ds.items[i]))], diff, [1, 2, 3])[0]
+
+
+def test_why_names_a_close_history_title_and_spreads_the_titles_over_the_answers(data):
+    ds, _ = data
+    drama = [it.idx for it in ds.items if it.genres == ["Drama"]]
+    history, answers = drama[:10], drama[10:15]
+    reasons = why(ds, answers, None, history)
+    assert len(reasons) == 5
+    heads = [f"{ds.items[i].title} ({ds.items[i].year}): " for i in answers]
+    assert all(r.startswith(h) for r, h in zip(reasons, heads, strict=True))
+    named = [r.split(" like ", 1)[1] for r in reasons]
+    assert all(t in {ds.items[i].title for i in history} for t in named)
+    assert len(set(named)) == 5  # all ten are as close: five answers name five titles
+    comedy = next(it.idx for it in ds.items if it.genres == ["Comedy"])
+    older_comedy = next(it.idx for it in ds.items if "Comedy" in it.genres and it.idx != comedy)
+    mixed = why(ds, [comedy], None, [older_comedy, *drama[:9]])[0]
+    assert mixed.endswith(f"Comedy like {ds.items[older_comedy].title}")  # the oldest, but the one comedy
 
 
 def test_chat_prompt_is_the_behaviour_prompt_with_the_request_after_it(data):
