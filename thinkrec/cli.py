@@ -42,16 +42,17 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "chat-eval": (ChatEvalConfig,),
 }
 DEMO_STAGES = [s for s in STAGE_CONFIGS if s != "qa-eval"]  # QA needs a QA mixture trained (see README)
-# The demo's departures from the stage defaults, sized for 2 CPU cores: SASRec alone as the learned
-# baseline (GRU4Rec adds about as much again; `thinkrec eval` trains both) stopping after 3 valid
-# checks without a gain (5 by default; about 25 s an epoch on 2 cores), a learning curve on 200
-# valid users every 100 steps that also picks the best-on-valid checkpoint, and the chat
-# evaluation on 16 of the 94 held-out users.
+# The demo's departures from the stage defaults, sized to finish within an hour on 2 CPU cores: 250
+# LoRA steps (300 by default) with a learning curve on 200 valid users at steps 125 and 250 that
+# also picks the best-on-valid checkpoint; SASRec alone as the learned baseline (GRU4Rec adds about
+# as much again; `thinkrec eval` trains both), stopped after 3 valid checks without a gain (5 by
+# default); the chat evaluation on 16 of the 94 held-out users.
 DEMO_DEFAULTS: dict[str, Any] = {
+    "max_steps": 250,
+    "eval_every": 125,
+    "curve_users": 200,
     "baselines": "sasrec",
     "baseline_patience": 3,
-    "eval_every": 100,
-    "curve_users": 200,
     "chat_users": 16,
 }
 HELP = {
