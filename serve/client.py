@@ -75,7 +75,7 @@ def terminal_chat(url: str, user_id: str, k: int = 3, api_key: str | None = None
             messages.pop()
             continue
         if len(messages) == 1:  # the history the answers are judged against
-            recent = [f"{h['title']} ({h['year']}) [{', '.join(h['genres'])}]" for h in out.get("history", [])[-5:]]
+            recent = [f"{h['title']} ({h['year']}) [{', '.join(h['genres'])}]" for h in out.get("history", [])]
             print("recently watched: " + "; ".join(recent))
         print(f"thinkrec> {out['reply']}")
         for it in out["items"]:

@@ -598,7 +598,8 @@ def parse_label(ds: Dataset, label: str, previous: list[int] | None = None) -> C
         return Constraint(
             "two_genres", f"{g1} and {g2}", (g1, g2), {"genre": g1, "genre2": g2}, all_of=frozenset({g1, g2})
         )
-    if g := _genre_named(low):
+    # the model's own wording of a genre ("something Sci-Fi", "more Comedy") is still that genre
+    if g := _genre_named(re.sub(r"^(?:something|some|more|a|an)\s+", "", low)):
         return _genre("genre", g, any_of=frozenset({g}))
     return None
 

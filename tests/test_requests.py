@@ -104,6 +104,11 @@ def test_reply_names_the_request_and_reads_back_to_the_same_items(data):
     back = parse_reply(ds, reply(ds, diff, [1, 2, 3], 5, rng), [first])
     assert back is not None and not back.satisfied(ds.items[first])
     assert parse_reply(ds, "Here is what I would pick:") is None
+    # a genre in the model's own words is still heard as that genre
+    for text in ("Something Sci-Fi, as you asked. With Heat in your history, I'd pick:", "More comedy, as you asked."):
+        heard = parse_reply(ds, text)
+        assert heard is not None and heard.kind == "genre" and heard.label in ("Sci-Fi", "Comedy"), text
+    assert parse_reply(ds, "Something lighter, as you asked.").kind == "mood"
     assert unsatisfying(ds, None) == set()
     assert "fits" in why(ds, [next(i for i in everything if diff.satisfied(ds.items[i]))], diff, [1, 2, 3])[0]
 
