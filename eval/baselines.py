@@ -79,7 +79,7 @@ class SASRec(torch.nn.Module):
         self, n_items: int, dim: int = 64, max_len: int = 50, layers: int = 2, heads: int = 2, dropout: float = 0.5
     ):
         super().__init__()
-        self.max_len, self.heads = max_len, heads
+        self.max_len = max_len
         self.item = torch.nn.Embedding(n_items + 1, dim, padding_idx=0)  # index 0 = padding
         self.pos = torch.nn.Embedding(max_len, dim)
         self.norm = torch.nn.LayerNorm(dim, eps=1e-12)

@@ -21,7 +21,7 @@ def capture(run_dir: Path, out: Path, user: str, turns: tuple[str, ...]) -> list
     """Serve the run, chat `turns` as `user` on the page, save the page; returns the page's turns."""
     if shutil.which("chromium") is None:
         raise ThinkRecError("needs Debian's chromium (apt-get install chromium)")
-    server = Server(run_dir, log=out.with_suffix(".server.log"))
+    server = Server(run_dir, log=run_dir / "chat_screenshot.server.log")
     try:
         with Browser() as page:
             page.resize(1000, 900)

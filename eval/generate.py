@@ -74,7 +74,7 @@ class TreeBranches:
     tokens per prompt. `close()` crops the cache back to the prompt, so it serves the next search."""
 
     def __init__(self, model, prefill, attn: torch.Tensor, width: int):
-        self.model, self.cache, self.width = model, prefill.past_key_values, width
+        self.model, self.cache = model, prefill.past_key_values
         self.prompt_len = self.cache.get_seq_length()
         B = attn.shape[0]
         self.prompt_seen = attn.bool()[:, None, :].expand(B, width, -1)
@@ -219,7 +219,7 @@ def trie_sample(
     gone = [prefix_counts(e) for e in exclude] if constrained and exclude else []
     per_row = [g for g in gone for _ in range(group)] or None
     tokens = torch.empty(B * group, 0, dtype=torch.long, device=logits.device)
-    branches = TreeBranches(model, out, enc["attention_mask"], group)
+    branches = TreeBranches(model, out, enc["attention_mask"], group)  # its own prefill: no crop needed
     for step in range(trie.levels):
         if step:
             logits = branches.step(tokens[:, -1].view(B, group)).reshape(B * group, -1)
@@ -234,5 +234,4 @@ def trie_sample(
             logits = logits.masked_fill(~mask, -torch.inf)
         nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
         tokens = torch.cat([tokens, nxt], dim=-1)
-    branches.close()
     return tokens.view(B, group, trie.levels).tolist()

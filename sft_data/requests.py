@@ -441,11 +441,15 @@ def phrase(c: Constraint, rng: random.Random, heldout: bool = False) -> str:
     return text
 
 
-def best_reference(ds: Dataset, shown: list[int], target: int) -> int:
-    """The titled history item (the prompt writes titles for the newest TITLED only) the answer is
-    closest to: most shared genres, the newest on a tie."""
+def best_reference(
+    ds: Dataset, shown: list[int], target: int, window: int = TITLED, named: Counter[int] | None = None
+) -> int:
+    """The history item among the newest `window` (the prompt writes titles for the newest TITLED
+    only) the answer is closest to: most shared genres; on a tie the one `named` counts least, then
+    the newest."""
     genres = set(ds.items[target].genres)
-    return max(reversed(shown[-TITLED:]), key=lambda i: len(genres & set(ds.items[i].genres)))
+    named = named or Counter()
+    return max(reversed(shown[-window:]), key=lambda i: (len(genres & set(ds.items[i].genres)), -named[i]))
 
 
 def reply(ds: Dataset, c: Constraint, shown: list[int], target: int, rng: random.Random) -> str:
@@ -625,15 +629,13 @@ def why(ds: Dataset, items: list[int], c: Constraint | None, history: list[int],
     """Why each answer fits, read off the data: the request it meets and the recent history item it
     is closest to (most shared genres). Among equally close ones, an item not yet named for an earlier
     answer is named, then the newest, so a list does not cite the same title for every answer."""
-    recent = list(reversed(history[-window:]))  # newest first
     named: Counter[int] = Counter()
     out = []
     for item in items:
         it = ds.items[item]
         parts = [f"fits {c.label}"] if c is not None and c.satisfied(it) else []
-        genres = set(it.genres)
-        if recent:
-            ref = max(recent, key=lambda i: (len(genres & set(ds.items[i].genres)), -named[i]))
+        if history:
+            ref = best_reference(ds, history, item, window, named)
             shared = [g for g in it.genres if g in ds.items[ref].genres]
             if shared:
                 named[ref] += 1
