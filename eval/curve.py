@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -76,6 +77,10 @@ class QualityCurve(TrainerCallback):
         self.waited = 0
         self.t0 = time.time()
         self.last_step = -1
+        self.average = None  # a model.averaging.WeightAverage whose weights are measured instead
+
+    def evaluate_with(self, average) -> None:
+        self.average = average
 
     def on_train_begin(self, args, state, control, **kw):
         self.t0 = time.time()
@@ -99,20 +104,22 @@ class QualityCurve(TrainerCallback):
             "tokens": int(state.num_input_tokens_seen),
             "train_wall_s": round(train_s, 1),
         }
-        for split, (histories, targets) in self.data.items():
-            ranked, _ = llm_rank(
-                model, tok, self.ds, self.index, histories, self.history_len, 10,
-                self.cfg.curve_beams, self.cfg.curve_batch_size, desc=f"curve {split}",
-            )  # fmt: skip
-            point[split] = rank_metrics(ranked, targets, [5, 10])
+        with self.average.applied(model) if self.average else nullcontext():
+            for split, (histories, targets) in self.data.items():
+                ranked, _ = llm_rank(
+                    model, tok, self.ds, self.index, histories, self.history_len, 10,
+                    self.cfg.curve_beams, self.cfg.curve_batch_size, desc=f"curve {split}",
+                )  # fmt: skip
+                point[split] = rank_metrics(ranked, targets, [5, 10])
+            score = point.get("valid", {}).get(SELECT_METRIC, -1.0)
+            improved = score > self.best
+            if improved and self.cfg.keep_best:  # the weights just measured (the average, if on)
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         model.train(was_training)
         self.t0 += time.time() - self.t0 - train_s  # evaluation time is not training time
         self.points.append(point)
-        score = point.get("valid", {}).get(SELECT_METRIC, -1.0)
-        if score > self.best:
+        if improved:
             self.best, self.best_step, self.waited = score, state.global_step, 0
-            if self.cfg.keep_best:
-                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             self.waited += 1
             if self.cfg.early_stop_patience and self.waited >= self.cfg.early_stop_patience:

@@ -64,7 +64,8 @@ class Speed:
     def eager_view(self, callback):
         """A Trainer callback that may run the model (e.g. beam search on the valid split) sees it
         eager and with its own attention: generation's changing shapes would recompile the layers."""
-        return _EagerCallback(callback, self) if (self.attention or self.compile) else callback
+        runs_model = getattr(callback, "runs_model", True)
+        return _EagerCallback(callback, self) if runs_model and (self.attention or self.compile) else callback
 
 
 class _EagerCallback:

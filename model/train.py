@@ -16,6 +16,7 @@ from pathlib import Path
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from model.averaging import WeightAverage
 from model.base import load_causal_lm
 from model.collate import LeftPadCollator, answer_loss, encode_chat
 from model.fastpath import Speed, plan
@@ -95,6 +96,7 @@ def run_train(cfg: TrainConfig, run: RunDir, callbacks: list | None = None) -> d
         model = _wrap_lora(model, tok, cfg, sid_tokens(index.levels, index.codebook_size))
     out = run.sub(cfg.sft_name)
     ckpt_dir = out / "checkpoints"
+    callbacks = with_weight_average(cfg, callbacks)
     trainer, speed = build_trainer(cfg, model, tok, encoded, ckpt_dir, callbacks)
     resume = get_last_checkpoint(str(ckpt_dir)) if cfg.resume and ckpt_dir.is_dir() else None
     if resume:
@@ -134,6 +136,20 @@ def run_train(cfg: TrainConfig, run: RunDir, callbacks: list | None = None) -> d
     outputs = {"model": f"{cfg.sft_name}/model/config.json", "loss_plot": f"{cfg.sft_name}/loss.png"}
     run.record(_stage_key(cfg.sft_name), cfg, outputs, summary=summary)
     return summary
+
+
+def with_weight_average(cfg: TrainConfig, callbacks: list | None) -> list:
+    """The callbacks, led by a WeightAverage when cfg.weight_average is set; callbacks that evaluate
+    (`evaluate_with`) then measure the averaged weights. It leads, so that at the end its average
+    goes into the model before a best-on-valid copy may replace it."""
+    callbacks = list(callbacks or [])
+    if cfg.weight_average <= 0:
+        return callbacks
+    average = WeightAverage(cfg.weight_average)
+    for cb in callbacks:
+        if hasattr(cb, "evaluate_with"):
+            cb.evaluate_with(average)
+    return [average, *callbacks]
 
 
 def _sharded(trainer) -> bool:
@@ -198,7 +214,7 @@ def build_trainer(
         learning_rate=cfg.learning_rate,
         warmup_steps=max(1, math.ceil(cfg.warmup_ratio * _total_steps(cfg, len(train_data), per_device))),
         lr_scheduler_type="cosine",
-        weight_decay=0.0,
+        weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps,
         logging_nan_inf_filter=False,  # a non-finite loss must reach StopOnNonFiniteLoss, not be skipped
         save_steps=cfg.save_steps,

@@ -334,7 +334,8 @@ def derive(kind: str, ds: Dataset, history: list[int], target: int, rng: random.
             return Constraint(kind, f"something older than {median}", ("older",), year_max=median - 1)
         return None
     if kind == "exclude":
-        top = [g for g, _ in Counter(g for i in shown for g in ds.items[i].genres).most_common(3) if g not in it.genres]
+        counts = Counter(g for i in shown for g in ds.items[i].genres if g in GENRE_WORDS)
+        top = [g for g, _ in counts.most_common(3) if g not in it.genres]
         return _genre(kind, top[0], label=f"anything but {top[0]}", none_of=frozenset({top[0]})) if top else None
     if kind == "mood":
         fits = [m for m in MOODS if _mood(m).satisfied(it)]
@@ -368,7 +369,7 @@ def counterfactual(kind: str, ds: Dataset, history: list[int], rng: random.Rando
     if kind == "older" and median is not None:
         return Constraint(kind, f"something older than {median}", ("older",), year_max=median - 1)
     if kind == "exclude":
-        top = Counter(g for i in shown for g in ds.items[i].genres).most_common(1)
+        top = Counter(g for i in shown for g in ds.items[i].genres if g in GENRE_WORDS).most_common(1)
         return (
             _genre(kind, top[0][0], label=f"anything but {top[0][0]}", none_of=frozenset({top[0][0]})) if top else None
         )
@@ -389,8 +390,9 @@ def follow_up(kind: str, ds: Dataset, first: int, rng: random.Random) -> Constra
         return Constraint(kind, f"something older than {it.title}", ("older",), year_max=y - 1, not_items=no)
     if kind == "followup_newer" and y is not None and y < 1998:
         return Constraint(kind, f"something newer than {it.title}", ("newer",), year_min=y + 1, not_items=no)
-    if kind == "no_more" and it.genres:
-        g = rng.choice(it.genres)
+    nameable = [g for g in it.genres if g in GENRE_WORDS]  # ML-100K's "unknown" is no genre to ask about
+    if kind == "no_more" and nameable:
+        g = rng.choice(nameable)
         return _genre(kind, g, label=f"no more {g}", none_of=frozenset({g}), not_items=no)
     return None
 

@@ -141,3 +141,23 @@ def test_chat_prompt_is_the_behaviour_prompt_with_the_request_after_it(data):
     c = counterfactual("genre", ds, h, rng)
     words = GENRE_WORDS[c.slots["genre"]]
     assert phrase(c, rng, heldout=True) in [p.format(genre=w) for p in phrasings("genre", True) for w in words]
+
+
+def test_a_genre_with_no_words_is_never_asked_about(data):
+    """ML-100K labels some films "unknown": an exclusion, a counterfactual or a "no more" follow-up
+    built from such a history names a real genre or nothing (it once raised a KeyError)."""
+    import dataclasses
+
+    ds, index = data
+    odd = dataclasses.replace(ds, items=list(ds.items))
+    history = list(range(12))
+    for i in history:  # a history of films labelled only "unknown", and one more genre on the last
+        odd.items[i] = dataclasses.replace(ds.items[i], genres=["unknown"] + (["Drama"] if i == 11 else []))
+    rng = random.Random(0)
+    asked = []
+    for _ in range(40):
+        asked += [counterfactual("exclude", odd, history, rng), follow_up("no_more", odd, 11, rng)]
+        asked += [derive("exclude", odd, history, 12, rng), follow_up("no_more", odd, 0, rng)]
+    asked = [c for c in asked if c is not None]
+    assert asked and all(set(c.none_of) <= set(GENRE_WORDS) for c in asked)
+    assert all("unknown" not in phrase(c, rng).lower() for c in asked)

@@ -192,3 +192,57 @@ def test_a_diverged_run_stops_with_a_clear_error(tmp_path):
     )
     with pytest.raises(ThinkRecError, match="training loss became"):
         trainer.train()
+
+
+def test_weight_average_is_measured_and_saved_and_the_raw_weights_come_back(tmp_path):
+    """`--weight-average`: evaluations see the average of the weights, training goes on from the raw
+    ones, and the model the stage saves is the average."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from model.averaging import WeightAverage
+    from model.train import build_trainer, with_weight_average
+    from thinkrec.config import TrainConfig
+
+    class Probe(TrainerCallback):  # stands where eval.curve.QualityCurve stands
+        def __init__(self):
+            self.average, self.seen = None, []
+
+        def evaluate_with(self, average):
+            self.average = average
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            raw = model.lm_head.weight.detach().clone()
+            with self.average.applied(model):
+                self.seen.append(model.lm_head.weight.detach().clone())
+            assert torch.equal(model.lm_head.weight, raw)  # training goes on from the raw weights
+
+    cfg = TrainConfig(
+        max_steps=6,
+        batch_size=4,
+        packing="on",
+        save_steps=1000,
+        logging_steps=1,
+        learning_rate=1e-2,
+        weight_average=0.9,
+    )
+    probe = Probe()
+    callbacks = with_weight_average(cfg, [probe])
+    assert isinstance(callbacks[0], WeightAverage) and probe.average is callbacks[0]
+    model = tiny_model().train()
+    start = model.lm_head.weight.detach().clone()
+    trainer, _ = build_trainer(
+        cfg, model, SimpleNamespace(pad_token_id=PAD, save_pretrained=lambda _dir: None),
+        Dataset.from_list(rows(12)), tmp_path, callbacks,
+    )  # fmt: skip
+    trainer.train()
+    raw = model.lm_head.weight.detach().clone()
+    average = callbacks[0].average[[p is model.lm_head.weight for p in callbacks[0].params].index(True)]
+    assert torch.equal(probe.seen[-1], average)
+    # the average lies between the start and the raw end point, off both
+    assert not torch.equal(average, raw) and not torch.equal(average, start)
+    assert (average - start).norm() < (raw - start).norm()
+    callbacks[0].restore_best(model)  # what run_train does at the end
+    assert torch.equal(model.lm_head.weight, average)
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(1.5)

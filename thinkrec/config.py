@@ -107,6 +107,14 @@ class TrainConfig:
     warmup_ratio: float = field(
         default=0.05, metadata={"help": "share of the steps spent warming the learning rate up"}
     )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    weight_average: float = field(
+        default=0.0,
+        metadata={
+            "help": "decay per step of an exponential moving average of the weights (e.g. 0.995); the curve "
+            "evaluates and the stage saves the average; 0 = the raw weights (model.averaging)"
+        },
+    )
     save_steps: int = field(
         default=100, metadata={"help": "optimizer steps between checkpoints (a rerun resumes from the newest)"}
     )
