@@ -7,7 +7,7 @@ the trie constraint cost on the same engine.
 
 Workloads, each at every concurrency level C (C requests in flight at once, closed loop):
   - thinkrec recommend:  POST /thinkrec/recommend {"user_id", "k", "num_beams": k} over HTTP;
-  - hf beam:             eval.generate.beam_recommend (HF forward passes, KV cache, the same trie
+  - hf beam:             ranking.generate.beam_recommend (HF forward passes, KV cache, the same trie
                          mask, num_beams = k), the requests answered in static batches of C, every
                          request of a batch waiting for all of it;
   - vllm beam:           POST /v1/completions with use_beam_search, n = K (vLLM's frontend beam search);
@@ -35,8 +35,8 @@ import httpx
 import numpy as np
 import torch
 
-from eval.generate import beam_recommend
-from model.base import load_causal_lm
+from backbone.llm import load_causal_lm
+from ranking.generate import beam_recommend
 from serve.catalogue import Catalogue
 from serve.process import Server
 from thinkrec.errors import ThinkRecError

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from eval.generate import beam_recommend
-from eval.metrics import rank_metrics
-from model.base import load_causal_lm
+from backbone.llm import load_causal_lm
+from ranking.generate import beam_recommend
+from ranking.metrics import rank_metrics
 from rl.served import served_model_dir
 from rl.stage import history_len_of
 from sft_data.prompts import TITLED, chat_messages

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from eval.generate import beam_recommend
-from eval.metrics import rank_metrics
+from ranking.generate import beam_recommend
+from ranking.metrics import rank_metrics
 from sft_data.prompts import behaviour_prompt
 from sft_data.stage import sft_data_key
 from thinkrec.config import TrainConfig

@@ -18,11 +18,11 @@ import time
 import torch
 from tqdm import tqdm
 
-from eval.generate import beam_recommend
-from eval.metrics import rank_metrics
-from model.base import load_causal_lm
+from backbone.llm import load_causal_lm
 from model.collate import IGNORE, LeftPadCollator, answer_logits, encode_chat
 from model.train import trained_model_dir
+from ranking.generate import beam_recommend
+from ranking.metrics import rank_metrics
 from sft_data.prompts import behaviour_prompt
 from sft_data.qa import (
     ITEM_TASKS,

@@ -13,9 +13,9 @@ import json
 import numpy as np
 import torch
 
-from eval.generate import trie_sample
-from model.base import load_causal_lm
+from backbone.llm import load_causal_lm
 from model.train import trained_model_dir
+from ranking.generate import trie_sample
 from rl.select import split_examples, topk_metrics
 from rl.served import SERVED
 from rl.stage import flagged_items, history_len_of, load_pscore, rl_users

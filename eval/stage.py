@@ -11,11 +11,11 @@ import time
 
 import torch
 
+from backbone.llm import load_causal_lm
 from eval.baselines import BASELINES, popularity_rank, sequential_rank, train_sequential
 from eval.curve import llm_rank
-from eval.metrics import rank_metrics
-from model.base import load_causal_lm
 from model.train import trained_model_dir
+from ranking.metrics import rank_metrics
 from thinkrec.config import EvalConfig
 from thinkrec.data import load_prepared
 from thinkrec.errors import ThinkRecError

@@ -16,8 +16,8 @@ from pathlib import Path
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from backbone.llm import load_causal_lm
 from model.averaging import WeightAverage
-from model.base import load_causal_lm
 from model.collate import LeftPadCollator, answer_loss, encode_chat
 from model.fastpath import Speed, plan
 from model.packing import PackedCollator, PackedDataset, packed_loss

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from eval.generate import generation_prompt, trie_beam_search, trie_sample
+from ranking.generate import generation_prompt, trie_beam_search, trie_sample
 from rl.ecpo import ecpo_loss, sequence_logprobs
 from rl.rewards import RewardFn, format_selection, group_advantages, hit_rank_reward
 from sft_data.prompts import behaviour_prompt

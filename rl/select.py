@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from eval.generate import BeamOutput, beam_recommend
-from eval.metrics import rank_metrics
+from ranking.generate import BeamOutput, beam_recommend
+from ranking.metrics import rank_metrics
 from rl.pscore import PScore
 from sft_data.prompts import behaviour_prompt
 from thinkrec.data import Dataset

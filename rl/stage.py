@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.base import load_causal_lm
+from backbone.llm import load_causal_lm
 from model.plot import plot_loss
 from model.train import trained_model_dir
 from rl.loop import Policy, ecpo_step

@@ -5,7 +5,7 @@ the beam's prefixes with engine requests sent concurrently (the engine runs them
 the prompt (ending in <|sid_begin|>) plus the prefix. Every request runs the logits processor in
 "score" mode: the engine returns the log-probabilities of exactly the trie's children of the
 prefix, under the model's unmasked distribution (serve/trie_masker.py), which are the scores HF's
-trie beam search (eval/generate.py) ranks by. So the result is eval's beam search, every code is
+trie beam search (ranking/generate.py) ranks by. So the result is eval's beam search, every code is
 a catalogue item, and items in `exclude` (the user's history) are removed inside the search:
 subtrees holding only excluded items are never expanded and excluded leaves never take a slot.
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eval.baselines import BASELINES, SASRec, popularity_rank, sequential_rank, train_sequential, training_windows
-from eval.metrics import rank_metrics
+from ranking.metrics import rank_metrics
 
 
 def test_training_windows_cover_every_transition_with_its_history():

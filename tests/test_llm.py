@@ -4,9 +4,9 @@ on the real offline SmolLM2 weights."""
 import pytest
 import torch
 
-from eval.generate import beam_recommend, generation_prompt
-from model.base import load_causal_lm
+from backbone.llm import load_causal_lm
 from model.collate import IGNORE, LeftPadCollator, answer_loss, encode_chat
+from ranking.generate import beam_recommend, generation_prompt
 from sft_data.prompts import behaviour_prompt
 from thinkrec.data import load_prepared
 from tokenizer_ext.sid import SID_BEGIN, TokenTrie, code_token

@@ -102,8 +102,8 @@ def test_recommend_is_eval_beam_search(server, catalogue):
     the history excluded, in the same order. Histories of one item whose SID prefix holds others too:
     HF's search keeps a prefix whose items are all excluded (a wasted beam), the served one skips it
     (tests/test_serve_search.py), and otherwise the two must agree item for item."""
-    from eval.generate import beam_recommend
-    from model.base import load_causal_lm
+    from backbone.llm import load_causal_lm
+    from ranking.generate import beam_recommend
     from tokenizer_ext.sid import TokenTrie
 
     index = catalogue.index

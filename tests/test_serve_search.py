@@ -47,7 +47,7 @@ def _engine(trie: TokenTrie, table, calls: list):
 
 
 def _plain_beam(index: SIDIndex, table, k: int, beams: int, exclude: set[int]) -> list[int]:
-    """Beam search as eval.generate's: top-`beams` at every level, excluded items masked at the last."""
+    """Beam search as ranking.generate's: top-`beams` at every level, excluded items masked at the last."""
     beam = [(0.0, ())]
     seen = {index.codes[i] for i in exclude}
     for depth in range(LEVELS):

@@ -7,13 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
+from backbone.image import FEATURE_DIM, VisionEncoder
+from backbone.llm import load_causal_lm, resolve_base_model
 from eval.qa import choice_accuracy
-from model.base import load_causal_lm, resolve_base_model
 from model.vision import (
-    FEATURE_DIM,
     IMAGE_TOKEN,
     Projector,
-    VisionEncoder,
     VisionLM,
     add_image_token,
     expand_image_tokens,

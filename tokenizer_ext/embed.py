@@ -46,12 +46,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def embed_images(item_ids: list[str], image_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    """Global image features (L2-normalised, from model.vision.VisionEncoder) for the items that
+    """Global image features (L2-normalised, from backbone.image.VisionEncoder) for the items that
     have `<item_id>.jpg|.jpeg|.png` in `image_dir` (a cover or a key frame); zero rows elsewhere.
     Returns (features (n, 1280), has_image (n,) bool)."""
     from PIL import Image
 
-    from model.vision import FEATURE_DIM, VisionEncoder
+    from backbone.image import FEATURE_DIM, VisionEncoder
 
     folder = Path(image_dir)
     if not folder.is_dir():

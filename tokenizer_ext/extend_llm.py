@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tokenizers import AddedToken
 
-from model.base import load_causal_lm
+from backbone.llm import load_causal_lm
 from tokenizer_ext.sid import SID_BEGIN, SID_END, SIDIndex, code_token, sid_tokens
 
 

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from model.base import cache_dir, resolve_base_model
+from backbone.llm import cache_dir, resolve_base_model
 from thinkrec.config import ModelConfig, TokenizerConfig
 from thinkrec.data import load_prepared
 from thinkrec.rundir import RunDir
