@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import time
 from pathlib import Path
 
@@ -131,10 +132,17 @@ def _legality(cat: Catalogue, answers: list[dict]) -> float:
 
 
 def bench_vllm(
-    run_dir: Path, cat: Catalogue, users: dict[int, list], workloads: list[str], k: int, dtype: str
+    run_dir: Path,
+    cat: Catalogue,
+    users: dict[int, list],
+    workloads: list[str],
+    k: int,
+    dtype: str,
+    serve_flags: list[str] = (),
 ) -> list[dict]:
     rows = []
     flags = ["--dtype", dtype, "--max-model-len", "1024", "--max-num-seqs", "256", "--model-dir", str(cat.model_dir)]
+    flags += list(serve_flags)
     server = Server(run_dir, *flags)
     try:
         beam = {"model": "thinkrec", "n": k, "max_tokens": cat.index.levels + 1, "temperature": 0.0}
@@ -244,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--k", type=int, default=10, help="items per recommendation (and the beam width)")
     p.add_argument("--dtype", default="float32", help="both engines run this dtype")
     p.add_argument("--workloads", default=WORKLOADS, help="comma-separated: also vllm beam, vllm sample free, ...")
+    p.add_argument("--serve-flags", default="", help="more `thinkrec serve` flags, e.g. '--block-size 64'")
     p.add_argument("--out", default="runs/bench/serve.json")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -256,7 +265,10 @@ def main(argv: list[str] | None = None) -> dict:
     # disjoint users per concurrency level (key -1: warm-up users)
     users = {c: pool[i * args.requests : (i + 1) * args.requests] for i, c in enumerate(levels)}
     users[-1] = pool[len(levels) * args.requests : len(levels) * args.requests + 4]
-    rows = bench_vllm(run_dir, cat, users, workloads, args.k, args.dtype) if workloads != ["hf beam"] else []
+    serve_flags = shlex.split(args.serve_flags)
+    rows = (
+        bench_vllm(run_dir, cat, users, workloads, args.k, args.dtype, serve_flags) if workloads != ["hf beam"] else []
+    )
     if "hf beam" in workloads:
         rows += bench_hf(cat, users, args.k, args.dtype)
     report = {
@@ -268,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
         "k": args.k,
         "num_beams": args.k,
         "requests_per_row": args.requests,
+        "serve_flags": serve_flags,
         "rows": rows,
         "ratios": ratios(rows),
     }
