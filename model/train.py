@@ -234,6 +234,16 @@ def build_trainer(
         disable_tqdm=False,
         include_num_input_tokens_seen="non_padding",  # the learning curve's x axis
     )
+    if args.n_gpu > 1:
+        # one process sees several GPUs: the Trainer would fall back to nn.DataParallel, which hands
+        # one collator call a pack per GPU (over batch_tokens); train on one, as transformers itself
+        # does for model parallelism, and say how to use them all
+        print(
+            f"{args.n_gpu} GPUs visible to one process: training on one. To use them all: accelerate launch "
+            "--config_file configs/accelerate/ddp.yaml -m thinkrec.cli train ...",
+            flush=True,
+        )
+        args._n_gpu = 1
     trainer = AnswerOnlyTrainer(
         model=model,
         args=args,
