@@ -104,7 +104,7 @@ class QualityCurve(TrainerCallback):
             "tokens": int(state.num_input_tokens_seen),
             "train_wall_s": round(train_s, 1),
         }
-        with self.average.applied(model) if self.average else nullcontext():
+        with self.average.applied() if self.average else nullcontext():
             for split, (histories, targets) in self.data.items():
                 ranked, _ = llm_rank(
                     model, tok, self.ds, self.index, histories, self.history_len, 10,

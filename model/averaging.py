@@ -14,13 +14,15 @@ from contextlib import contextmanager
 import torch
 from transformers import TrainerCallback
 
+from thinkrec.errors import ThinkRecError
+
 
 class WeightAverage(TrainerCallback):
     runs_model = False  # only arithmetic on the weights: the compiled layers stay as they are
 
     def __init__(self, decay: float):
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"weight-average decay must lie in (0, 1), got {decay}")
+            raise ThinkRecError(f"--weight-average must lie in (0, 1) (or 0 for none), got {decay}")
         self.decay = decay
         self.params: list[torch.Tensor] = []
         self.average: list[torch.Tensor] = []
@@ -40,7 +42,7 @@ class WeightAverage(TrainerCallback):
 
     @contextmanager
     @torch.no_grad()
-    def applied(self, model=None):
+    def applied(self):
         """The model holds the averaged weights inside the block and its own after it."""
         own = [p.detach().clone() for p in self.params]
         self._load(self.average)

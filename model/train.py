@@ -143,9 +143,9 @@ def with_weight_average(cfg: TrainConfig, callbacks: list | None) -> list:
     (`evaluate_with`) then measure the averaged weights. It leads, so that at the end its average
     goes into the model before a best-on-valid copy may replace it."""
     callbacks = list(callbacks or [])
-    if cfg.weight_average <= 0:
+    if cfg.weight_average == 0:
         return callbacks
-    average = WeightAverage(cfg.weight_average)
+    average = WeightAverage(cfg.weight_average)  # a value outside (0, 1) is refused by name
     for cb in callbacks:
         if hasattr(cb, "evaluate_with"):
             cb.evaluate_with(average)

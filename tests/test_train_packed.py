@@ -213,7 +213,7 @@ def test_weight_average_is_measured_and_saved_and_the_raw_weights_come_back(tmp_
 
         def on_step_end(self, args, state, control, model=None, **kw):
             raw = model.lm_head.weight.detach().clone()
-            with self.average.applied(model):
+            with self.average.applied():
                 self.seen.append(model.lm_head.weight.detach().clone())
             assert torch.equal(model.lm_head.weight, raw)  # training goes on from the raw weights
 
@@ -244,5 +244,7 @@ def test_weight_average_is_measured_and_saved_and_the_raw_weights_come_back(tmp_
     assert (average - start).norm() < (raw - start).norm()
     callbacks[0].restore_best(model)  # what run_train does at the end
     assert torch.equal(model.lm_head.weight, average)
-    with pytest.raises(ValueError, match="decay"):
+    from thinkrec.errors import ThinkRecError
+
+    with pytest.raises(ThinkRecError, match="weight-average"):
         WeightAverage(1.5)
