@@ -55,7 +55,6 @@ class WeightAverage(TrainerCallback):
         """End of training: the model keeps the average (a best-on-valid copy may replace it after)."""
         if self.average:
             self._load(self.average)
-        return None
 
     @torch.no_grad()
     def _load(self, values: list[torch.Tensor]) -> None:

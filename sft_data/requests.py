@@ -317,7 +317,7 @@ def _like(ds: Dataset, ref: int, but: str) -> Constraint | None:
 def derive(kind: str, ds: Dataset, history: list[int], target: int, rng: random.Random) -> Constraint | None:
     """A request of `kind` that the item `target` satisfies, built from its own attributes."""
     it, y, shown = ds.items[target], year_of(ds.items[target]), history[-10:]
-    genres = [g for g in it.genres if g in GENRE_WORDS]
+    genres = nameable(it.genres)
     if kind == "genre" and genres:
         g = rng.choice(genres)
         return _genre(kind, g, any_of=frozenset({g}))
@@ -334,8 +334,7 @@ def derive(kind: str, ds: Dataset, history: list[int], target: int, rng: random.
             return Constraint(kind, f"something older than {median}", ("older",), year_max=median - 1)
         return None
     if kind == "exclude":
-        counts = Counter(g for i in shown for g in ds.items[i].genres if g in GENRE_WORDS)
-        top = [g for g, _ in counts.most_common(3) if g not in it.genres]
+        top = [g for g, _ in _shown_genres(ds, shown).most_common(3) if g not in it.genres]
         return _genre(kind, top[0], label=f"anything but {top[0]}", none_of=frozenset({top[0]})) if top else None
     if kind == "mood":
         fits = [m for m in MOODS if _mood(m).satisfied(it)]
@@ -369,7 +368,7 @@ def counterfactual(kind: str, ds: Dataset, history: list[int], rng: random.Rando
     if kind == "older" and median is not None:
         return Constraint(kind, f"something older than {median}", ("older",), year_max=median - 1)
     if kind == "exclude":
-        top = Counter(g for i in shown for g in ds.items[i].genres if g in GENRE_WORDS).most_common(1)
+        top = _shown_genres(ds, shown).most_common(1)
         return (
             _genre(kind, top[0][0], label=f"anything but {top[0][0]}", none_of=frozenset({top[0][0]})) if top else None
         )
@@ -390,15 +389,25 @@ def follow_up(kind: str, ds: Dataset, first: int, rng: random.Random) -> Constra
         return Constraint(kind, f"something older than {it.title}", ("older",), year_max=y - 1, not_items=no)
     if kind == "followup_newer" and y is not None and y < 1998:
         return Constraint(kind, f"something newer than {it.title}", ("newer",), year_min=y + 1, not_items=no)
-    nameable = [g for g in it.genres if g in GENRE_WORDS]  # ML-100K's "unknown" is no genre to ask about
-    if kind == "no_more" and nameable:
-        g = rng.choice(nameable)
+    genres = nameable(it.genres)
+    if kind == "no_more" and genres:
+        g = rng.choice(genres)
         return _genre(kind, g, label=f"no more {g}", none_of=frozenset({g}), not_items=no)
     return None
 
 
+def nameable(genres) -> list[str]:
+    """The genres a request can name, in their order (ML-100K's "unknown" has no words to ask with)."""
+    return [g for g in genres if g in GENRE_WORDS]
+
+
+def _shown_genres(ds: Dataset, shown: list[int]) -> Counter:
+    """How often each nameable genre occurs in the history shown."""
+    return Counter(g for i in shown for g in nameable(ds.items[i].genres))
+
+
 def _pairs(genres: list[str]) -> list[tuple[str, str]]:
-    gs = [g for g in genres if g in GENRE_WORDS]
+    gs = nameable(genres)
     return [(a, b) for k, a in enumerate(gs) for b in gs[k + 1 :]]
 
 
