@@ -35,10 +35,15 @@ class WeightAverage(TrainerCallback):
 
     @torch.no_grad()
     def on_step_end(self, args, state, control, **kwargs):
-        step = state.global_step
-        decay = min(self.decay, (1 + step) / (10 + step))  # early steps: the average follows closely
+        decay = self.decay_at(state.global_step)
         for avg, p in zip(self.average, self.params, strict=True):
             avg.lerp_(p.detach(), 1.0 - decay)
+
+    def decay_at(self, step: int) -> float:
+        """The first 1/(1 - decay) steps keep the plain mean of the weights so far (step/(step + 1)),
+        then the fixed decay. (TensorFlow's (1 + step)/(10 + step) ramp stays below 0.99 for 890 steps,
+        longer than a whole run here, so the flag would not matter.)"""
+        return min(self.decay, step / (step + 1))
 
     @contextmanager
     @torch.no_grad()

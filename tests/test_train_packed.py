@@ -248,3 +248,24 @@ def test_weight_average_is_measured_and_saved_and_the_raw_weights_come_back(tmp_
 
     with pytest.raises(ThinkRecError, match="weight-average"):
         WeightAverage(1.5)
+
+
+def test_weight_average_is_the_plain_mean_until_its_horizon_then_the_set_decay():
+    from types import SimpleNamespace
+
+    from model.averaging import WeightAverage
+
+    def run(decay: float, steps: int) -> float:
+        p = torch.nn.Parameter(torch.zeros(1))
+        avg = WeightAverage(decay)
+        avg.on_train_begin(None, None, None, model=torch.nn.ParameterList([p]))
+        for step in range(1, steps + 1):
+            p.data.fill_(float(step))  # the weight after optimizer step `step`
+            avg.on_step_end(None, SimpleNamespace(global_step=step), None)
+        return avg.average[0].item()
+
+    # the weights 0, 1, ..., 9 (start included): within the horizon the average is their mean
+    assert run(0.99, 9) == pytest.approx(4.5)
+    # past it, the set decay counts (the flag mattered not at all under a (1 + t)/(10 + t) ramp)
+    assert run(0.9, 200) != pytest.approx(run(0.99, 200), abs=1.0)
+    assert WeightAverage(0.995).decay_at(10_000) == 0.995
