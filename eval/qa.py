@@ -12,7 +12,6 @@ recommendation with and without reasoning first, for each model named. Prints a 
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import torch
@@ -23,17 +22,16 @@ from model.collate import IGNORE, LeftPadCollator, answer_logits, encode_chat
 from model.train import trained_model_dir
 from ranking.generate import beam_recommend
 from ranking.metrics import rank_metrics
+from ranking.rationale import write_rationales
 from sft_data.prompts import behaviour_prompt
 from sft_data.qa import (
     ITEM_TASKS,
-    THINK_CLOSE,
-    THINK_OPEN,
     USER_TASKS,
     Question,
     is_heldout_user,
     item_questions,
+    rationale_correct,
     reasoning_prompt,
-    top_genres,
     user_questions,
 )
 from thinkrec.config import QAEvalConfig
@@ -42,8 +40,6 @@ from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
 from tokenizer_ext.sid import SIDIndex, TokenTrie
 from tokenizer_ext.stage import load_index
-
-LEAN = re.compile(r"lean to ([A-Za-z' -]+?) \(")
 
 
 @torch.no_grad()
@@ -67,28 +63,6 @@ def choice_accuracy(model, tok, questions: list[Question], batch_size: int = 16)
         offset += len(q.options)
         correct += max(range(len(q.options)), key=option_scores.__getitem__) == q.label  # ties: the first
     return correct / max(1, len(questions))
-
-
-@torch.no_grad()
-def write_rationales(model, tok, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy rationales, each opened with <think> and cut (or closed) at </think>."""
-    tok.padding_side = "left"
-    out = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="rationales", leave=False):
-        texts = [
-            tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) + THINK_OPEN
-            for m in prompts[start : start + batch_size]
-        ]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        for row in tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True):
-            out.append(THINK_OPEN + row.split(THINK_CLOSE)[0].strip() + THINK_CLOSE)
-    return out
-
-
-def rationale_correct(ds: Dataset, shown: list[int], text: str) -> bool:
-    m = LEAN.search(text)
-    return bool(m) and m.group(1).strip() in top_genres(ds, shown)
 
 
 def evaluate_model(model, tok, ds: Dataset, index: SIDIndex, cfg: QAEvalConfig, history_len: int) -> dict:

@@ -30,14 +30,17 @@ def sequence_logprobs(
     """log pi(codes_i | prompt_{rows[i]}) per sample: the code tokens' log-probabilities summed.
     Each distinct prompt is encoded once and its KV cache branched to its samples (a group shares
     its prompt), so the cost is one prompt pass per user plus `levels` tokens per sample, with the
-    gradient flowing through both."""
+    gradient flowing through both. Rows may differ in length (a rationale before the SID): shorter
+    ones are padded at the end, and the padding's tokens count nothing."""
     width = max(map(len, prompt_ids))
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompt_ids], device=model.device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=model.device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     idx = torch.tensor(rows, device=model.device)
-    codes = torch.tensor(code_ids, device=model.device)
+    lengths = torch.tensor([len(c) for c in code_ids], device=model.device)
+    longest = int(lengths.max())
+    codes = torch.tensor([c + [pad_id] * (longest - len(c)) for c in code_ids], device=model.device)
     logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)[idx].gather(1, codes[:, :1])
     if codes.shape[1] > 1:
         cache = out.past_key_values
@@ -50,4 +53,5 @@ def sequence_logprobs(
         ).logits
         rest = torch.log_softmax(logits.float(), dim=-1).gather(-1, codes[:, 1:].unsqueeze(-1)).squeeze(-1)
         logp = torch.cat([logp, rest], dim=-1)
-    return logp.sum(-1)
+    real = torch.arange(longest, device=model.device) < lengths[:, None]
+    return (logp * real).sum(-1)

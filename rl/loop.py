@@ -11,6 +11,9 @@ codes after the same prompt: one more row of the shared prompt pass, so it costs
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+
 import numpy as np
 import torch
 
@@ -100,52 +103,69 @@ def ecpo_step(
     else:
         groups = trie_sample(model, policy.tok, trie, prompts, cfg.group_size, True, cfg.temperature, exclude)
     free = trie_sample(model, policy.tok, trie, prompts, cfg.group_size, False, cfg.temperature)
-    rows_p, rows_c, advs, kinds, prefs, hits, legal_n = [], [], [], [], [], 0, 0
-
-    def add(b: int, codes: list[int], adv: float, kind: int) -> None:
-        rows_p.append(b)
-        rows_c.append(codes)
-        advs.append(adv)
-        kinds.append(kind)
-
+    rows, prefs, hits, legal_n = Rows(), [], 0, 0
     for b, (h, t) in enumerate(zip(histories, targets, strict=True)):
         total, pref, hit = group_rewards(policy, cfg, reward, h, t, groups[b])
         prefs.append(pref)
         hits += hit
         for c, a in zip(groups[b], group_advantages(total), strict=True):
-            add(b, c, float(a), ROLLOUT)
+            rows.add(b, c, float(a), ROLLOUT)
         legal = [policy.item_of(c) is not None for c in free[b]]
         legal_n += sum(legal)
         for i in format_selection(legal, cfg.format_samples, rng):
-            add(b, free[b][i], 1.0, FORMAT)  # advantage 1 (the format reward), weighted separately
+            rows.add(b, free[b][i], 1.0, FORMAT)  # advantage 1 (the format reward), weighted separately
         if cfg.sft_weight > 0:  # the SFT term rides on the same prompt pass: its codes are one more row
-            add(b, policy.code_tokens(t), 0.0, SFT)
-    pad = policy.tok.pad_token_id
+            rows.add(b, policy.code_tokens(t), 0.0, SFT)
+    loss, sft = policy_update(policy, opt, cfg, p_ids, rows)
+    return {
+        "step": step + 1,
+        "loss": loss,
+        "sft_loss": sft,
+        "mean_reward": float(np.concatenate(prefs).mean()),
+        "group_hit_rate": hits / len(histories),
+        "free_legality": legal_n / (len(histories) * cfg.group_size),
+    }
+
+
+@dataclass
+class Rows:
+    """What one update trains on: per row, its prompt's index, its continuation's tokens (the SID,
+    or a rationale and the SID), its advantage and its kind (ROLLOUT, FORMAT or SFT)."""
+
+    prompt: list[int] = dc_field(default_factory=list)
+    tokens: list[list[int]] = dc_field(default_factory=list)
+    adv: list[float] = dc_field(default_factory=list)
+    kind: list[int] = dc_field(default_factory=list)
+
+    def add(self, b: int, tokens: list[int], adv: float, kind: int) -> None:
+        self.prompt.append(b)
+        self.tokens.append(tokens)
+        self.adv.append(adv)
+        self.kind.append(kind)
+
+
+def policy_update(policy: Policy, opt: torch.optim.Optimizer, cfg: RLConfig, p_ids, rows: Rows) -> tuple[float, float]:
+    """cfg.updates_per_sample ECPO updates on one batch of rows (from the second on, the ratio
+    leaves 1 and the clips act); the SFT rows add their per-token cross-entropy. (loss, SFT loss)."""
+    model, pad = policy.model, policy.tok.pad_token_id
     with torch.no_grad():
-        logp_old = sequence_logprobs(model, p_ids, rows_p, rows_c, pad)
-    adv, kind = torch.tensor(advs), torch.tensor(kinds)
+        logp_old = sequence_logprobs(model, p_ids, rows.prompt, rows.tokens, pad)
+    adv, kind = torch.tensor(rows.adv), torch.tensor(rows.kind)
+    tokens = torch.tensor([len(t) for t in rows.tokens], dtype=torch.float32)
     model.train()
     sft = torch.zeros(())
-    # several updates on one batch of samples: from the second on, the ratio leaves 1 and the clips act
     for _ in range(cfg.updates_per_sample):
-        logp = sequence_logprobs(model, p_ids, rows_p, rows_c, pad)
+        logp = sequence_logprobs(model, p_ids, rows.prompt, rows.tokens, pad)
         loss = torch.zeros(())
         for k, weight in ((ROLLOUT, 1.0), (FORMAT, cfg.format_weight)):
             if (kind == k).any():
                 part = ecpo_loss(logp[kind == k], logp_old[kind == k], adv[kind == k], cfg.epsilon, cfg.delta)
                 loss = loss + weight * part
-        if (kind == SFT).any():
-            sft = -logp[kind == SFT].mean() / trie.levels  # next-token cross-entropy of the real item's codes
+        if (kind == SFT).any():  # next-token cross-entropy of the real item's tokens
+            sft = -(logp[kind == SFT] / tokens[kind == SFT]).mean()
             loss = loss + cfg.sft_weight * sft
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
-    return {
-        "step": step + 1,
-        "loss": loss.item(),
-        "sft_loss": sft.item(),
-        "mean_reward": float(np.concatenate(prefs).mean()),
-        "group_hit_rate": hits / len(histories),
-        "free_legality": legal_n / (len(histories) * cfg.group_size),
-    }
+    return loss.item(), sft.item()

@@ -8,8 +8,10 @@ import numpy as np
 
 from ranking.generate import BeamOutput, beam_recommend
 from ranking.metrics import rank_metrics
+from ranking.rationale import sample_rationales
 from rl.pscore import PScore
 from sft_data.prompts import behaviour_prompt
+from sft_data.qa import rationale_well_formed, reasoning_prompt
 from thinkrec.data import Dataset
 from tokenizer_ext.sid import SIDIndex, TokenTrie
 
@@ -33,15 +35,30 @@ def topk_metrics(
     history_len: int,
     k: int = 10,
     desc: str = "top-K",
+    think_tokens: int = 0,
 ) -> tuple[dict, BeamOutput]:
-    """Metrics of the constrained beam top-K, and the beam output (for legality counts)."""
-    prompts = [behaviour_prompt(ds, index, h, history_len) for h in histories]
+    """Metrics of the constrained beam top-K, and the beam output (for legality counts). With
+    `think_tokens`, the model is asked reasoning-first: it writes a rationale (greedy, at most that
+    many tokens), then the search runs after it; the row adds the share of well-formed rationales."""
     exclude = [{index.codes[i] for i in h} for h in histories]
-    beams = beam_recommend(model, tok, trie, index.lookup, prompts, max(k, NUM_BEAMS), 8, (True,), desc, exclude)[True]
+    prefixes, formed = None, None
+    if think_tokens:
+        prompts = [reasoning_prompt(ds, index, h, history_len) for h in histories]
+        drafts = sample_rationales(model, tok, prompts, 1, think_tokens, 0.0)
+        prefixes = [text + "\n" for text, _ in drafts]
+        pairs = zip(histories, drafts, strict=True)
+        formed = float(np.mean([rationale_well_formed(ds, h[-history_len:], t, c) for h, (t, c) in pairs]))
+    else:
+        prompts = [behaviour_prompt(ds, index, h, history_len) for h in histories]
+    beams = beam_recommend(
+        model, tok, trie, index.lookup, prompts, max(k, NUM_BEAMS), 8, (True,), desc, exclude, prefixes
+    )[True]
     top = [[i for i in found if i not in set(h)][:k] for found, h in zip(beams.items, histories, strict=True)]
     row = rank_metrics(top, targets, [k])
     flat_h = [h for h, t in zip(histories, top, strict=True) for _ in t]
     flat_i = [i for t in top for i in t]
     row[f"pscore@{k}"] = float(np.mean(pscore.score(flat_h, flat_i))) if flat_i else 0.0
     row[f"flagged_share@{k}"] = float(np.mean([i in flagged for i in flat_i])) if flat_i else 0.0
+    if formed is not None:
+        row["well_formed_rationale"] = formed
     return row, beams

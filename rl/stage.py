@@ -8,7 +8,9 @@ the gradient of a capped ratio, which TRL's two-sided clipping (a clamp) does no
 Three disjoint user sets: RL trains on the first `rl_users` (targets from their train parts only),
 the report tests on the next `rl_eval_users`, and the checkpoint is chosen on the valid split of
 the last `rl_select_users`. Step 0 of that choice is the SFT model itself, so a run that only made
-things worse is recorded as such and not served (rl/served.py).
+things worse is recorded as such and not served (rl/served.py). With `reasoning`, the rollouts write
+a rationale first (rl/reasoning.py), the choice asks reasoning-first, and the run is recorded under
+`valid_reasoning`, out of the served choice.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from model.plot import plot_loss
 from model.train import trained_model_dir
 from rl.loop import Policy, ecpo_step
 from rl.pscore import PScore, train_pscore, user_scores
+from rl.reasoning import reasoning_step
 from rl.rewards import business_rule, preference_reward
 from rl.select import split_examples, topk_metrics
 from rl.served import GATE, METRIC, record_served
@@ -100,8 +103,8 @@ def _check(cfg: RLConfig) -> None:
         raise ThinkRecError("epsilon and delta must be > 0")
     if min(cfg.pscore_weight, cfg.hit_weight, cfg.rank_weight, cfg.sft_weight, cfg.format_weight) < 0:
         raise ThinkRecError("pscore_weight, hit_weight, rank_weight, sft_weight and format_weight must be >= 0")
-    if cfg.rl_window < 1 or cfg.rl_steps < 1 or cfg.rl_save_steps < 1:
-        raise ThinkRecError("rl_window, rl_steps and rl_save_steps must be >= 1")
+    if min(cfg.rl_window, cfg.rl_steps, cfg.rl_save_steps, cfg.think_tokens) < 1:
+        raise ThinkRecError("rl_window, rl_steps, rl_save_steps and think_tokens must be >= 1")
 
 
 def step_pairs(ds: Dataset, users: list[int], window: int, rng: np.random.Generator) -> tuple[list, list]:
@@ -133,7 +136,7 @@ def run_rl(cfg: RLConfig, run: RunDir) -> dict:
     train_users, _ = rl_users(ds, cfg)
     valid_h, valid_t = split_examples(ds, select_users(ds, cfg), "valid")
     history_len = history_len_of(run)
-    tok, model = load_causal_lm(trained_model_dir(run))
+    tok, model = load_causal_lm(trained_model_dir(run, cfg.rl_init))
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(
@@ -158,12 +161,14 @@ def run_rl(cfg: RLConfig, run: RunDir) -> dict:
     def evaluate(step: int) -> None:
         model.eval()
         args = (model, tok, policy.trie, index, ds, valid_h, valid_t, pscore, flagged, history_len)
-        row, _ = topk_metrics(*args, desc=f"valid, step {step}")
+        think = cfg.think_tokens if cfg.reasoning else 0  # the reasoning policy is asked reasoning-first
+        row, _ = topk_metrics(*args, desc=f"valid, step {step}", think_tokens=think)
         valid.append({"step": step, **row})
         rl_rows = valid[1:-1]
         if step and (not rl_rows or _rank(row, valid[0]) > max(_rank(r, valid[0]) for r in rl_rows)):
             best["lora"] = _lora_state(model)
 
+    step_fn = reasoning_step if cfg.reasoning else ecpo_step
     if start == 0:
         evaluate(0)
     for step in tqdm(range(start, cfg.rl_steps), desc="ECPO", initial=start, total=cfg.rl_steps):
@@ -171,7 +176,7 @@ def run_rl(cfg: RLConfig, run: RunDir) -> dict:
         torch.manual_seed(cfg.seed * 100_003 + step)
         users = rng.choice(train_users, size=min(cfg.users_per_step, len(train_users)), replace=False).tolist()
         histories, targets = step_pairs(ds, users, cfg.rl_window, rng)
-        log.append(ecpo_step(policy, opt, cfg, reward, histories, targets, rng, step))
+        log.append(step_fn(policy, opt, cfg, reward, histories, targets, rng, step))
         if (step + 1) % cfg.rl_save_steps == 0 or step + 1 == cfg.rl_steps:
             evaluate(step + 1)
             state = {"model": _lora_state(model), "optimizer": opt.state_dict(), "step": step + 1}
@@ -188,7 +193,13 @@ def run_rl(cfg: RLConfig, run: RunDir) -> dict:
     plot_loss(curve, out / "reward.png", "mean P-Score reward of the rollout groups", "ECPO")
     summary = {"steps": cfg.rl_steps, "resumed_from": start, "best_step": chosen["step"]}
     summary |= {"first_reward": log[0]["mean_reward"], "last_reward": log[-1]["mean_reward"]}
-    summary["valid"] = {"split": "valid", "users": len(valid_h), "sft": valid[0], "model": chosen}
+    valid_entry = {"split": "valid", "users": len(valid_h), "sft": valid[0], "model": chosen}
+    if cfg.reasoning:  # measured reasoning-first: not comparable with the direct runs the served choice reads
+        summary["valid_reasoning"] = valid_entry
+        outputs = {"model": f"{cfg.rl_name}/model/config.json", "reasoning_log": f"{cfg.rl_name}/log.json"}
+        run.record(cfg.rl_name, cfg, outputs, **summary)
+        return summary
+    summary["valid"] = valid_entry
     outputs = {"model": f"{cfg.rl_name}/model/config.json", "log": f"{cfg.rl_name}/log.json"}
     run.record(cfg.rl_name, cfg, outputs, **summary)
     summary["served"] = record_served(run)

@@ -17,6 +17,7 @@ QA evaluation measures generalisation to new users and items, not recall of seen
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -171,6 +172,25 @@ def top_genres(ds: Dataset, shown: list[int]) -> set[str]:
     counts = Counter(g for i in shown for g in ds.items[i].genres)
     best = max(counts.values(), default=0)
     return {g for g, c in counts.items() if c == best}
+
+
+LEAN = re.compile(r"lean to ([A-Za-z' -]+?) \(")
+LATEST = re.compile(r"the latest was (.+?)\.(?: Next|$)")
+
+
+def rationale_correct(ds: Dataset, shown: list[int], text: str) -> bool:
+    """The genre a rationale names first is the most-watched genre of the history shown."""
+    m = LEAN.search(text)
+    return bool(m) and m.group(1).strip() in top_genres(ds, shown)
+
+
+def rationale_well_formed(ds: Dataset, shown: list[int], text: str, closed: bool) -> bool:
+    """The format reward's test of a rationale: closed by the model, its leading genre right and
+    its latest title the history's newest movie (every claim checked against the data)."""
+    body = text.removeprefix(THINK_OPEN).removesuffix(THINK_CLOSE)
+    m = LATEST.search(body)
+    latest = bool(m) and bool(shown) and m.group(1).strip() == ds.items[shown[-1]].title
+    return closed and latest and rationale_correct(ds, shown, body)
 
 
 def reasoning_sample(ds: Dataset, index: SIDIndex, history: list[int], target: int, history_len: int) -> dict:

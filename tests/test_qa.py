@@ -10,6 +10,7 @@ from sft_data.qa import (
     is_heldout_user,
     item_questions,
     rationale,
+    rationale_well_formed,
     reasoning_samples,
     top_genres,
     user_questions,
@@ -59,6 +60,21 @@ def test_item_questions_and_rationales_match_the_catalogue(data):
         answer = row["messages"][-1]["content"]
         assert answer.startswith("<think>") and "</think>\n<|sid_begin|>" in answer
         index.item(answer.split("\n")[-1])  # the trace ends in a catalogue item
+
+
+def test_the_format_reward_checks_every_claim_of_a_rationale(data):
+    ds, _ = data
+    shown = ds.users[0].train_items()[-10:]
+    teacher = f"<think>{rationale(ds, shown, target=ds.users[0].train_items()[-1])}</think>"
+    assert rationale_well_formed(ds, shown, teacher, closed=True)
+    assert not rationale_well_formed(ds, shown, teacher, closed=False)  # cut at the length cap
+    wrong_title = teacher.replace(ds.items[shown[-1]].title, ds.items[shown[0]].title)
+    assert shown[0] == shown[-1] or not rationale_well_formed(ds, shown, wrong_title, closed=True)
+    lead = Counter(g for i in shown for g in ds.items[i].genres).most_common(1)[0][0]
+    other = next(g for g in ("Documentary", "Film-Noir", "Western") if g not in top_genres(ds, shown))
+    wrong_genre = teacher.replace(f"lean to {lead} (", f"lean to {other} (", 1)
+    assert wrong_genre != teacher and not rationale_well_formed(ds, shown, wrong_genre, closed=True)
+    assert not rationale_well_formed(ds, shown, "<think>I like movies.</think>", closed=True)
 
 
 def test_training_questions_never_touch_held_out_users_or_items(data):

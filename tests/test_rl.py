@@ -107,6 +107,34 @@ def test_ecpo_is_chosen_on_the_valid_split_resumes_and_keeps_legality(trained_ru
     assert before["constrained_legality"] == after["constrained_legality"] == 1.0
 
 
+@pytest.mark.slow
+def test_reasoning_rl_rolls_out_rationales_is_chosen_reasoning_first_and_never_served(trained_run):
+    from eval.reasoning_report import format_reasoning_table, run_reasoning_eval
+    from eval.rl_report import rl_runs
+    from rl.stage import run_pscore, run_rl
+    from thinkrec.config import PScoreConfig, RLConfig
+
+    run, _ = trained_run
+    if "pscore" not in run.manifest()["stages"]:
+        run_pscore(PScoreConfig(pscore_epochs=2), run)
+    served_before = run.manifest()["stages"].get("served")
+    cfg = RLConfig(reasoning=True, rl_name="rl_reason", rl_steps=2, users_per_step=2, group_size=2,
+                   rl_eval_users=8, rl_select_users=8, rl_save_steps=2, think_tokens=24)  # fmt: skip
+    summary = run_rl(cfg, run)
+    log = json.loads((run.path / "rl_reason" / "log.json").read_text())
+    assert [h["step"] for h in log["steps"]] == [1, 2] and all(0 <= h["well_formed"] <= 1 for h in log["steps"])
+    # chosen on the valid split asked reasoning-first; never a candidate for serving or the direct report
+    assert "valid" not in summary and "well_formed_rationale" in summary["valid_reasoning"]["model"]
+    assert run.manifest()["stages"].get("served") == served_before and "rl_reason" not in rl_runs(run)
+    report = run_reasoning_eval(cfg, run)
+    print(format_reasoning_table(report))
+    assert report["users"] == 8 and set(report["models"]) == {"sft", "rl_reason"}
+    for modes in report["models"].values():
+        assert set(modes) == {"direct", "reasoning_first"}
+        assert all(m["constrained_legality"] == 1.0 for m in modes.values())
+    assert json.loads((run.path / "eval" / "reasoning_report.json").read_text())["rl"]["steps"] == 2
+
+
 def test_branched_prompt_logprobs_equal_full_teacher_forcing():
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -117,7 +145,8 @@ def test_branched_prompt_logprobs_equal_full_teacher_forcing():
                       num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
     model = LlamaForCausalLM(cfg)
     prompts = [[5, 6, 7, 8, 9], [10, 11, 12]]
-    rows, codes = [0, 0, 1, 1, 1], [[30, 31, 32], [33, 31, 30], [30, 30, 30], [34, 35, 36], [31, 32, 33]]
+    # rows of several lengths (a rationale before the SID): the padding of the short ones counts nothing
+    rows, codes = [0, 0, 1, 1, 1], [[30, 31, 32], [33, 31, 30, 35, 36], [30, 30, 30], [34, 35, 36, 37], [31]]
     fast = sequence_logprobs(model, prompts, rows, codes, pad_id=0)
     for i, (r, c) in enumerate(zip(rows, codes, strict=True)):
         ids = torch.tensor([prompts[r] + c])

@@ -39,9 +39,11 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "rl": (RLConfig,),
     "rl-eval": (RLConfig,),
     "qa-eval": (QAEvalConfig,),
+    "reasoning-eval": (RLConfig,),
     "chat-eval": (ChatEvalConfig,),
 }
-DEMO_STAGES = [s for s in STAGE_CONFIGS if s != "qa-eval"]  # QA needs a QA mixture trained (see README)
+# QA and reasoning need a model trained on the QA / reasoning mixtures first (see README)
+DEMO_STAGES = [s for s in STAGE_CONFIGS if s not in ("qa-eval", "reasoning-eval")]
 # The demo's departures from the stage defaults, sized to finish within an hour on 2 CPU cores: 250
 # LoRA steps (300 by default) with a learning curve on 200 valid users at steps 125 and 250 that
 # also picks the best-on-valid checkpoint; SASRec alone as the learned baseline (GRU4Rec adds about
@@ -62,9 +64,11 @@ HELP = {
     "train": "SFT the extended LLM (LoRA or full), with checkpoints and resume",
     "eval": "Recall/NDCG/legality of the LLM against popularity and SASRec",
     "pscore": "train the P-Score preference model (the RL reward), AUC per head",
-    "rl": "ECPO alignment of the SFT model (P-Score, hit/rank, format, business rule; SFT term), chosen on valid",
+    "rl": "ECPO alignment of the SFT model (P-Score, hit/rank, format, business rule; SFT term), chosen on valid;"
+    " --reasoning: on rollouts that write a rationale first",
     "rl-eval": "before/after RL on held-out users: Recall/NDCG, P-Score, flagged share, legality, served model",
     "qa-eval": "QA accuracy per task on held-out users/items; recommendation with and without reasoning",
+    "reasoning-eval": "reasoning-first vs direct on held-out users, before and after reasoning RL",
     "chat-eval": "does the chat listen: request satisfaction per kind, Recall with a request, two turns, replies",
     "demo": "run every stage in order on the defaults",
     "serve": "serve a run through vLLM's OpenAI-compatible server (trie-constrained SIDs, chat page)",
@@ -157,6 +161,11 @@ def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
 
         print(format_rl_table(run_rl_eval(_build(RLConfig, args), run)))
         print(f"written: {run.path / 'eval' / 'rl_report.json'}")
+    elif name == "reasoning-eval":
+        from eval.reasoning_report import format_reasoning_table, run_reasoning_eval
+
+        print(format_reasoning_table(run_reasoning_eval(_build(RLConfig, args), run)))
+        print(f"written: {run.path / 'eval' / 'reasoning_report.json'}")
     elif name == "chat-eval":
         from eval.chat import format_chat_table, run_chat_eval
 

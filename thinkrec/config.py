@@ -326,6 +326,18 @@ class RLConfig:
     rl_name: str = field(
         default="rl", metadata={"help": "output folder and manifest entry (e.g. rl_norule for a run with rule_alpha 1)"}
     )
+    rl_init: str = field(
+        default="sft",
+        metadata={"help": "the trained model RL starts from: an sft name (train --sft-name), e.g. sft_reason"},
+    )
+    reasoning: bool = field(
+        default=False,
+        metadata={
+            "help": "reasoning enhancement: rollouts write a rationale, then name an item (rl/reasoning.py); "
+            "chosen on the valid split asked reasoning-first, never the served model"
+        },
+    )
+    think_tokens: int = field(default=64, metadata={"help": "longest rationale a reasoning rollout writes (tokens)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
 
 
