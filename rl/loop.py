@@ -117,14 +117,14 @@ def ecpo_step(
         if cfg.sft_weight > 0:  # the SFT term rides on the same prompt pass: its codes are one more row
             rows.add(b, policy.code_tokens(t), 0.0, SFT)
     loss, sft = policy_update(policy, opt, cfg, p_ids, rows)
-    return {
-        "step": step + 1,
-        "loss": loss,
-        "sft_loss": sft,
-        "mean_reward": float(np.concatenate(prefs).mean()),
-        "group_hit_rate": hits / len(histories),
-        "free_legality": legal_n / (len(histories) * cfg.group_size),
-    }
+    record = step_record(step, loss, sft, prefs, hits / len(histories))
+    return record | {"free_legality": legal_n / (len(histories) * cfg.group_size)}
+
+
+def step_record(step: int, loss: float, sft: float, prefs: list[np.ndarray], hit_rate: float) -> dict:
+    """One line of the RL log: the step's losses, mean preference reward and group hit rate."""
+    mean_reward = float(np.concatenate(prefs).mean())
+    return {"step": step + 1, "loss": loss, "sft_loss": sft, "mean_reward": mean_reward, "group_hit_rate": hit_rate}
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 
 from ranking.generate import beam_recommend
 from ranking.rationale import sample_rationales
-from rl.loop import ROLLOUT, SFT, Policy, Rows, policy_update
+from rl.loop import ROLLOUT, SFT, Policy, Rows, policy_update, step_record
 from rl.rewards import RewardFn, group_advantages
 from sft_data.qa import THINK_CLOSE, THINK_OPEN, rationale, rationale_well_formed, reasoning_prompt
 from thinkrec.config import RLConfig
@@ -83,11 +83,6 @@ def reasoning_step(
             teacher = f"{THINK_OPEN}{rationale(policy.ds, shown, t)}{THINK_CLOSE}"
             rows.add(b, answer_tokens(policy, teacher, t), 0.0, SFT)
     loss, sft = policy_update(policy, opt, cfg, p_ids, rows)
-    return {
-        "step": step + 1,
-        "loss": loss,
-        "sft_loss": sft,
-        "mean_reward": float(np.concatenate(prefs).mean()),
-        "group_hit_rate": hits / len(histories),  # groups with the real item in some rationale's list
-        "well_formed": formed / (len(histories) * g),
-    }
+    # hit rate: groups with the real item in some rationale's list
+    record = step_record(step, loss, sft, prefs, hits / len(histories))
+    return record | {"well_formed": formed / (len(histories) * g)}
