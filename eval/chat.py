@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from backbone.llm import load_causal_lm
 from ranking.generate import beam_recommend
-from ranking.metrics import rank_metrics
 from rl.served import served_model_dir
 from rl.stage import history_len_of
 from sft_data.prompts import TITLED, chat_messages
@@ -43,6 +42,7 @@ from sft_data.requests import (
 from thinkrec.config import ChatEvalConfig
 from thinkrec.data import Dataset, load_prepared
 from thinkrec.errors import ThinkRecError
+from thinkrec.metrics import rank_metrics
 from thinkrec.rundir import RunDir
 from tokenizer_ext.sid import SID_BEGIN, SIDIndex, TokenTrie
 from tokenizer_ext.stage import load_index

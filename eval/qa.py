@@ -21,7 +21,6 @@ from backbone.llm import load_causal_lm
 from model.collate import IGNORE, LeftPadCollator, answer_logits, encode_chat
 from model.train import trained_model_dir
 from ranking.generate import beam_recommend
-from ranking.metrics import rank_metrics
 from ranking.rationale import write_rationales
 from sft_data.prompts import behaviour_prompt
 from sft_data.qa import (
@@ -37,6 +36,7 @@ from sft_data.qa import (
 from thinkrec.config import QAEvalConfig
 from thinkrec.data import Dataset, load_prepared
 from thinkrec.errors import ThinkRecError
+from thinkrec.metrics import rank_metrics
 from thinkrec.rundir import RunDir
 from tokenizer_ext.sid import SIDIndex, TokenTrie
 from tokenizer_ext.stage import load_index

@@ -12,13 +12,13 @@ import time
 import torch
 
 from backbone.llm import load_causal_lm
-from eval.baselines import BASELINES, popularity_rank, sequential_rank, train_sequential
 from eval.curve import llm_rank
 from model.train import trained_model_dir
-from ranking.metrics import rank_metrics
+from seqrec.models import BASELINES, popularity_rank, sequential_rank, train_sequential
 from thinkrec.config import EvalConfig
 from thinkrec.data import load_prepared
 from thinkrec.errors import ThinkRecError
+from thinkrec.metrics import rank_metrics
 from thinkrec.rundir import RunDir
 from tokenizer_ext.stage import load_index
 

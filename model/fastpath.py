@@ -107,6 +107,11 @@ def plan(cfg: TrainConfig, model) -> Speed:
     attention = None if cfg.attention == "auto" else cfg.attention
     if cfg.attention == "auto" and packing and gpu:
         attention = "flex_attention"
+    if attention == "flex_attention" and cfg.attention_dropout > 0:
+        raise ThinkRecError(
+            "flex_attention has no dropout: with --attention-dropout pick --attention sdpa or eager "
+            "(or --packing off, which keeps the model's own attention)"
+        )
     workers = cfg.dataloader_workers
     if workers < 0:
         workers = min(4, (os.cpu_count() or 2) // 4) if gpu else 0

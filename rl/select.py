@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 
 from ranking.generate import BeamOutput, beam_recommend
-from ranking.metrics import rank_metrics
 from ranking.rationale import sample_rationales
 from rl.pscore import PScore
 from sft_data.prompts import behaviour_prompt
 from sft_data.qa import rationale_well_formed, reasoning_prompt
 from thinkrec.data import Dataset
+from thinkrec.metrics import rank_metrics
 from tokenizer_ext.sid import SIDIndex, TokenTrie
 
 NUM_BEAMS = 20  # beams searched for a top-10 (seen items are excluded inside the search)

@@ -9,8 +9,8 @@ import random
 import pytest
 import torch
 
-from eval.baselines import BASELINES, SASRec, popularity_rank, sequential_rank, train_sequential, training_windows
-from ranking.metrics import rank_metrics
+from seqrec.models import BASELINES, SASRec, popularity_rank, sequential_rank, train_sequential, training_windows
+from thinkrec.metrics import rank_metrics
 
 
 def test_training_windows_cover_every_transition_with_its_history():

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["thinkrec", "backbone", "tokenizer_ext", "sft_data", "model", "ranking", "rl", "serve", "eval"]
+LAYERS = ["thinkrec", "seqrec", "backbone", "tokenizer_ext", "sft_data", "model", "ranking", "rl", "serve", "eval"]
 IMPORT = re.compile(r"^\s*(?:from|import)\s+(\w+)", re.MULTILINE)
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from thinkrec.errors import ThinkRecError
-from tokenizer_ext.align import align_embeddings, collaborative_embeddings
+from tokenizer_ext.align import align_embeddings, collaborative_embeddings, sequential_embeddings
 from tokenizer_ext.rq_kmeans import auto_codebook_size, codebook_report, fit_rq_kmeans, reconstruct
 from tokenizer_ext.sid import SIDIndex, find_sids, parse_sid, sid_string
 
@@ -48,6 +48,21 @@ def test_collaborative_embeddings_bring_co_watched_items_together():
     assert v[0] @ v[1] > v[0] @ v[2]
     aligned = align_embeddings(np.eye(6, 8, dtype=np.float32), seqs, dim=4)
     assert aligned.shape == (6, 12)
+    with pytest.raises(ThinkRecError, match="collab_source"):
+        align_embeddings(np.eye(6, 8, dtype=np.float32), seqs, dim=4, source="word2vec")
+
+
+def test_sasrec_item_embeddings_group_items_that_follow_each_other():
+    # two worlds of items, each watched in its own orders: a SASRec's table must tell them apart
+    seqs = [[0, 1, 2, 3] * 4, [4, 5, 6, 7] * 4, [0, 2, 1, 3] * 3, [5, 4, 7, 6] * 3] * 10
+    v = sequential_embeddings(8, seqs, dim=8, epochs=20)
+    sim = v @ v.T
+    same = np.mean([sim[i, j] for g in ([0, 1, 2, 3], [4, 5, 6, 7]) for i in g for j in g if i != j])
+    across = np.mean([sim[i, j] for i in range(4) for j in range(4, 8)])
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert same > across + 0.5, (same, across)
+    aligned = align_embeddings(np.eye(8, 8, dtype=np.float32), seqs, weight=2.0, dim=8, source="sasrec", epochs=2)
+    assert aligned.shape == (8, 16) and np.allclose(np.linalg.norm(aligned[:, 8:], axis=1), 2.0, atol=1e-5)
 
 
 def test_sid_strings_and_trie():

@@ -269,3 +269,27 @@ def test_weight_average_is_the_plain_mean_until_its_horizon_then_the_set_decay()
     # past it, the set decay counts (the flag mattered not at all under a (1 + t)/(10 + t) ramp)
     assert run(0.9, 200) != pytest.approx(run(0.99, 200), abs=1.0)
     assert WeightAverage(0.995).decay_at(10_000) == 0.995
+
+
+def test_attention_dropout_acts_in_training_only_and_bad_values_are_named():
+    from model.fastpath import plan
+    from model.train import set_attention_dropout
+    from thinkrec.config import TrainConfig
+    from thinkrec.errors import ThinkRecError
+
+    model = tiny_model()
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    set_attention_dropout(model, 0.5)
+    assert all(layer.self_attn.attention_dropout == 0.5 for layer in model.model.layers)
+    torch.manual_seed(0)
+    model.train()
+    a, b = model(ids).logits, model(ids).logits
+    assert not torch.allclose(a, b)  # a fresh mask each pass
+    model.eval()
+    assert torch.allclose(model(ids).logits, model(ids).logits)
+    set_attention_dropout(model, 0.0)
+    assert model.config.attention_dropout == 0.0
+    with pytest.raises(ThinkRecError, match="attention_dropout"):
+        set_attention_dropout(model, 1.0)
+    with pytest.raises(ThinkRecError, match="flex_attention has no dropout"):
+        plan(TrainConfig(attention="flex_attention", attention_dropout=0.1), model)

@@ -34,12 +34,22 @@ class TokenizerConfig:
     )
     seed: int = field(default=0, metadata={"help": "random seed"})
     collab_align: bool = field(
-        default=True, metadata={"help": "add a collaborative (co-occurrence PMI) part to the content embedding"}
+        default=True, metadata={"help": "add a collaborative part (see --collab-source) to the content embedding"}
+    )
+    collab_source: str = field(
+        default="pmi",
+        metadata={
+            "help": "pmi: SVD of the positive PMI of items watched close together (closed form, seconds) | "
+            "sasrec: item embeddings of a SASRec trained on the train split (minutes on a CPU)"
+        },
+    )
+    collab_epochs: int = field(
+        default=30, metadata={"help": "SASRec epochs for --collab-source sasrec (RecBole's best valid epoch is 32)"}
     )
     collab_weight: float = field(
         default=1.0, metadata={"help": "weight of the collaborative half against the content half"}
     )
-    collab_dim: int = field(default=64, metadata={"help": "width of the collaborative (co-occurrence) part"})
+    collab_dim: int = field(default=64, metadata={"help": "width of the collaborative part"})
     image_dir: str = field(
         default="",
         metadata={"help": "folder of <item_id>.jpg/.png covers or frames; their features join the content embedding"},
@@ -108,6 +118,10 @@ class TrainConfig:
         default=0.05, metadata={"help": "share of the steps spent warming the learning rate up"}
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    attention_dropout: float = field(
+        default=0.0,
+        metadata={"help": "dropout on the attention weights while training (the saved model keeps its own setting)"},
+    )
     weight_average: float = field(
         default=0.0,
         metadata={
@@ -181,7 +195,7 @@ class EvalConfig:
     eval_users: int = field(default=0, metadata={"help": "evaluate on the first N users; 0 = all"})
     eval_batch_size: int = field(default=8, metadata={"help": "prompts per prefill"})
     baselines: str = field(
-        default="sasrec,gru4rec", metadata={"help": "sequential baselines trained on the same split (eval.baselines)"}
+        default="sasrec,gru4rec", metadata={"help": "sequential baselines trained on the same split (seqrec.models)"}
     )
     baseline_epochs: int = field(
         default=200,

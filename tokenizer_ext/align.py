@@ -7,6 +7,9 @@ factorisation of the shifted pointwise mutual information (PMI) of those pairs (
 short window of each other in users' train sequences, factorised by truncated SVD. That takes a
 fraction of a second instead of minutes of SGD on two cores, and is deterministic.
 
+The second source (`source="sasrec"`) is the item-embedding table of a SASRec trained on the same
+train sequences: it learns what predicts the *next* item, in order, which is the job the SIDs serve.
+
 The aligned vector is [content ; weight * collaborative], each half L2-normalised, so codes
 quantised from it group items that are alike in content and watched together.
 """
@@ -14,6 +17,10 @@ quantised from it group items that are alike in content and watched together.
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from seqrec.models import SASRec, train_sequential
+from thinkrec.errors import ThinkRecError
 
 
 def cooccurring_pairs(sequences: list[list[int]], window: int = 3) -> np.ndarray:
@@ -40,8 +47,32 @@ def collaborative_embeddings(n_items: int, sequences: list[list[int]], dim: int 
     return _normalise(vec).astype(np.float32)
 
 
-def align_embeddings(content: np.ndarray, sequences: list[list[int]], weight: float = 1.0, dim: int = 64) -> np.ndarray:
-    collab = collaborative_embeddings(len(content), sequences, dim)
+def sequential_embeddings(n_items: int, sequences: list[list[int]], dim: int = 64, epochs: int = 30) -> np.ndarray:
+    """Rows: L2-normalised item embeddings of a SASRec trained on the sequences (no valid split seen)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)  # the initial table, so the codes are reproducible
+    model = SASRec(n_items, dim=dim).to(device)
+    train_sequential(model, n_items, sequences, valid=None, max_epochs=epochs, desc="SASRec item embeddings")
+    return _normalise(model.item.weight[1:].detach().float().cpu().numpy()).astype(np.float32)
+
+
+COLLAB_SOURCES = ("pmi", "sasrec")
+
+
+def align_embeddings(
+    content: np.ndarray,
+    sequences: list[list[int]],
+    weight: float = 1.0,
+    dim: int = 64,
+    source: str = "pmi",
+    epochs: int = 30,
+) -> np.ndarray:
+    if source not in COLLAB_SOURCES:
+        raise ThinkRecError(f"collab_source must be one of {', '.join(COLLAB_SOURCES)}, not {source!r}")
+    if source == "sasrec":
+        collab = sequential_embeddings(len(content), sequences, dim, epochs)
+    else:
+        collab = collaborative_embeddings(len(content), sequences, dim)
     return np.concatenate([_normalise(content), weight * collab], axis=1).astype(np.float32)
 
 

@@ -31,7 +31,14 @@ def run_tokenize(cfg: TokenizerConfig, model_cfg: ModelConfig, run: RunDir) -> d
     x = content
     if cfg.collab_align:
         # train sequences only: the valid/test targets must not leak into the codes
-        x = align_embeddings(content, [u.train_items() for u in ds.users], cfg.collab_weight, cfg.collab_dim)
+        x = align_embeddings(
+            content,
+            [u.train_items() for u in ds.users],
+            cfg.collab_weight,
+            cfg.collab_dim,
+            cfg.collab_source,
+            cfg.collab_epochs,
+        )
     np.save(out / "item_embeddings.npy", x)
 
     k = cfg.codebook_size or auto_codebook_size(len(ds.items), cfg.levels)

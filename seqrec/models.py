@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ranking.metrics import rank_metrics
+from thinkrec.metrics import rank_metrics
 
 
 def popularity_rank(train_sequences: list[list[int]], histories: list[list[int]], k: int) -> list[list[int]]:
