@@ -11,7 +11,9 @@ The middleware runs before vLLM's own, so it is also where every request is let 
   - the API key (serve/auth.py) guards every route but the liveness probes;
   - /thinkrec bodies are validated by schema (serve/schemas.py): a bad one is a 422 naming the field;
   - /v1/completions and /v1/chat/completions are checked first: a malformed or unknown SID in the
-    prompt is a 400 naming it, and a request that would crash the CPU engine (see `_unsafe`) is a 400.
+    prompt is a 400 naming it, and a request that would crash the CPU engine (see `_unsafe`) is a 400;
+    image parts are decoded under limits (serve/images.py): a URL to fetch, a corrupt, huge or
+    unsupported image, or too many of them is a 4xx.
 The routes call the engine in-process (serve/engine.py), not the server's HTTP API.
 """
 
@@ -32,6 +34,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from serve import auth
 from serve.catalogue import Catalogue, server_catalogue
 from serve.engine import Engine
+from serve.images import ImageError, check_images
 from serve.schemas import MAX_K, ChatRequest, ItemsRequest, RecommendRequest, describe
 from serve.search import TrieSearch
 from sft_data.requests import parse_reply, unsatisfying, why
@@ -107,12 +110,17 @@ async def thinkrec_routes(request: Request, call_next) -> Response:
                 why = _unsafe(payload, _engine(request))
                 if why:
                     return _error(400, why)
+                if check_images(payload.get("messages")):
+                    raise ImageError(
+                        "the served model reads text only (it has no vision encoder): the images are valid, "
+                        "but send the request without them"
+                    )
                 cat = server_catalogue()
                 for field in ("prompt", "messages"):
                     for text in _strings(payload.get(field)):
                         cat.check_text(text)
     except ThinkRecError as e:
-        return _error(400, str(e))
+        return _error(getattr(e, "status", 400), str(e))
     return await call_next(request)
 
 

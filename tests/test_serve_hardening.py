@@ -101,6 +101,45 @@ def test_seeded_long_prompts_do_not_kill_the_engine(server, catalogue):
     assert len(ThinkRecClient(server.url, api_key=KEY).recommend(user_id=catalogue.ds.users[1].user_id, k=2)) == 2
 
 
+def test_image_parts_are_checked_at_the_gateway_and_never_fetched(server):
+    """A URL to fetch, a corrupt or oversized image, too many images: a 4xx each, and the server lives.
+    The served model reads text only, so even a valid image is a clear 400, not an engine error."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    def png(size: tuple[int, int], mode: str = "RGB") -> str:
+        buf = io.BytesIO()
+        Image.new(mode, size).save(buf, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    client = ThinkRecClient(server.url, api_key=KEY).openai
+
+    def ask(*urls: str) -> openai.APIStatusError:
+        parts = [{"type": "text", "text": "more like this"}]
+        parts += [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(
+                model="thinkrec", messages=[{"role": "user", "content": parts}], max_tokens=4
+            )
+        return err.value
+
+    cases = {
+        "offline": ask("https://example.com/poster.png"),
+        "not valid base64": ask("data:image/png;base64,%%%"),
+        "pixel limit": ask(png((20_000, 20_000), "1")),
+        "at most": ask(*[png((4, 4))] * 5),
+        "reads text only": ask(png((4, 4))),
+    }
+    for words, err in cases.items():
+        assert 400 <= err.status_code < 500 and words in str(err), (words, err.status_code, str(err)[:200])
+    assert cases["pixel limit"].status_code == 413
+    assert server.alive()
+    out = client.chat.completions.create(model="thinkrec", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert out.choices[0].message is not None
+
+
 def _random_json(rng: random.Random, depth: int = 0):
     kinds = ["null", "bool", "int", "float", "str", "list", "dict"] if depth < 3 else ["null", "int", "str"]
     kind = rng.choice(kinds)
