@@ -52,10 +52,16 @@ def test_collaborative_embeddings_bring_co_watched_items_together():
         align_embeddings(np.eye(6, 8, dtype=np.float32), seqs, dim=4, source="word2vec")
 
 
-def test_sasrec_item_embeddings_group_items_that_follow_each_other():
+def test_sasrec_item_embeddings_group_items_that_follow_each_other(tmp_path):
     # two worlds of items, each watched in its own orders: a SASRec's table must tell them apart
     seqs = [[0, 1, 2, 3] * 4, [4, 5, 6, 7] * 4, [0, 2, 1, 3] * 3, [5, 4, 7, 6] * 3] * 10
-    v = sequential_embeddings(8, seqs, dim=8, epochs=20)
+    v = sequential_embeddings(8, seqs, dim=8, epochs=20, cache_dir=tmp_path)
+    (entry,) = tmp_path.glob("sasrec_item_emb_*.npy")
+    assert np.array_equal(np.load(entry), v)
+    np.save(entry, np.zeros_like(v))  # marked: a second call must read the entry, not train again
+    assert not sequential_embeddings(8, seqs, dim=8, epochs=20, cache_dir=tmp_path).any()
+    other = sequential_embeddings(8, seqs[:-1], dim=8, epochs=20, cache_dir=tmp_path)
+    assert other.shape == v.shape and len(list(tmp_path.glob("*.npy"))) == 2  # other data, other entry
     sim = v @ v.T
     same = np.mean([sim[i, j] for g in ([0, 1, 2, 3], [4, 5, 6, 7]) for i in g for j in g if i != j])
     across = np.mean([sim[i, j] for i in range(4) for j in range(4, 8)])

@@ -16,6 +16,10 @@ quantised from it group items that are alike in content and watched together.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -47,13 +51,25 @@ def collaborative_embeddings(n_items: int, sequences: list[list[int]], dim: int 
     return _normalise(vec).astype(np.float32)
 
 
-def sequential_embeddings(n_items: int, sequences: list[list[int]], dim: int = 64, epochs: int = 30) -> np.ndarray:
-    """Rows: L2-normalised item embeddings of a SASRec trained on the sequences (no valid split seen)."""
+def sequential_embeddings(
+    n_items: int, sequences: list[list[int]], dim: int = 64, epochs: int = 30, cache_dir: Path | None = None
+) -> np.ndarray:
+    """Rows: L2-normalised item embeddings of a SASRec trained on the sequences (no valid split seen).
+    With a cache_dir the table is kept there, keyed by the sequences and settings: a second
+    tokenize that only moves --collab-weight or the codebooks does not train it again."""
+    key = hashlib.sha256(json.dumps([n_items, dim, epochs, sequences]).encode()).hexdigest()[:16]
+    cached = cache_dir / f"sasrec_item_emb_{key}.npy" if cache_dir else None
+    if cached is not None and cached.exists():
+        return np.load(cached)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)  # the initial table, so the codes are reproducible
     model = SASRec(n_items, dim=dim).to(device)
     train_sequential(model, n_items, sequences, valid=None, max_epochs=epochs, desc="SASRec item embeddings")
-    return _normalise(model.item.weight[1:].detach().float().cpu().numpy()).astype(np.float32)
+    table = _normalise(model.item.weight[1:].detach().float().cpu().numpy()).astype(np.float32)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cached, table)
+    return table
 
 
 COLLAB_SOURCES = ("pmi", "sasrec")
@@ -66,11 +82,12 @@ def align_embeddings(
     dim: int = 64,
     source: str = "pmi",
     epochs: int = 30,
+    cache_dir: Path | None = None,
 ) -> np.ndarray:
     if source not in COLLAB_SOURCES:
         raise ThinkRecError(f"collab_source must be one of {', '.join(COLLAB_SOURCES)}, not {source!r}")
     if source == "sasrec":
-        collab = sequential_embeddings(len(content), sequences, dim, epochs)
+        collab = sequential_embeddings(len(content), sequences, dim, epochs, cache_dir)
     else:
         collab = collaborative_embeddings(len(content), sequences, dim)
     return np.concatenate([_normalise(content), weight * collab], axis=1).astype(np.float32)

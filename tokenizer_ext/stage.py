@@ -38,6 +38,7 @@ def run_tokenize(cfg: TokenizerConfig, model_cfg: ModelConfig, run: RunDir) -> d
             cfg.collab_dim,
             cfg.collab_source,
             cfg.collab_epochs,
+            cache_dir() / "embeddings",
         )
     np.save(out / "item_embeddings.npy", x)
 
