@@ -19,6 +19,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from backbone.llm import load_causal_lm
 from model.averaging import WeightAverage
 from model.collate import LeftPadCollator, answer_loss, encode_chat
+from model.dropout import add_residual_dropout, set_attention_dropout
 from model.fastpath import Speed, plan
 from model.packing import PackedCollator, PackedDataset, packed_loss
 from thinkrec.config import TrainConfig
@@ -90,6 +91,7 @@ def run_train(cfg: TrainConfig, run: RunDir, callbacks: list | None = None) -> d
     start = trained_model_dir(run, cfg.init_from) if cfg.init_from else run.path / "model_base"
     tok, model = load_causal_lm(start)
     set_attention_dropout(model, cfg.attention_dropout)
+    dropout_hooks = add_residual_dropout(model, cfg.residual_dropout)
     vocab = tok.get_vocab()
     code_ids = {vocab[t] for t in sid_tokens(index.levels, index.codebook_size) if t.startswith("<s_")}
     encoded = encode_sft(data, tok, cfg, code_ids)
@@ -127,6 +129,8 @@ def run_train(cfg: TrainConfig, run: RunDir, callbacks: list | None = None) -> d
     if cfg.lora:
         final = final.merge_and_unload()
     set_attention_dropout(final, 0.0)  # the serving config stays as it was
+    for hook in dropout_hooks:
+        hook.remove()
     final.save_pretrained(out / "model")
     tok.save_pretrained(out / "model")
     index.save(out / "model" / MODEL_SID_FILE)  # the model folder serves on its own
@@ -273,15 +277,3 @@ def trained_model_dir(run: RunDir, sft_name: str = "sft") -> Path:
     if not (path / "config.json").exists():
         raise ThinkRecError(f"run directory {run.path}: trained model {path} is missing; re-run `thinkrec train`")
     return path
-
-
-def set_attention_dropout(model, p: float) -> None:
-    """Regularise a run that overfits (ML-100K peaks after two epochs): each attention layer keeps its
-    own copy of config.attention_dropout, read at construction, so both are set."""
-    if not 0.0 <= p < 1.0:
-        raise ThinkRecError(f"attention_dropout must be in [0, 1), not {p}")
-    for module in model.modules():
-        if hasattr(module, "attention_dropout"):
-            module.attention_dropout = p
-        if hasattr(module, "config") and hasattr(module.config, "attention_dropout"):
-            module.config.attention_dropout = p

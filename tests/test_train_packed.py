@@ -272,8 +272,8 @@ def test_weight_average_is_the_plain_mean_until_its_horizon_then_the_set_decay()
 
 
 def test_attention_dropout_acts_in_training_only_and_bad_values_are_named():
+    from model.dropout import set_attention_dropout
     from model.fastpath import plan
-    from model.train import set_attention_dropout
     from thinkrec.config import TrainConfig
     from thinkrec.errors import ThinkRecError
 
@@ -293,3 +293,30 @@ def test_attention_dropout_acts_in_training_only_and_bad_values_are_named():
         set_attention_dropout(model, 1.0)
     with pytest.raises(ThinkRecError, match="flex_attention has no dropout"):
         plan(TrainConfig(attention="flex_attention", attention_dropout=0.1), model)
+
+
+def test_residual_dropout_acts_in_training_only_under_flex_packing_and_comes_off():
+    from model.dropout import add_residual_dropout
+    from model.fastpath import plan
+    from thinkrec.config import TrainConfig
+    from thinkrec.errors import ThinkRecError
+
+    model = tiny_model()
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    model.eval()
+    clean = model(ids).logits
+    hooks = add_residual_dropout(model, 0.3)
+    assert len(hooks) == 1 + 2 * len(model.model.layers)  # embeddings, then attention and MLP per layer
+    assert torch.allclose(model(ids).logits, clean)  # eval mode: no dropout
+    model.train()
+    torch.manual_seed(0)
+    a, b = model(ids).logits, model(ids).logits
+    assert not torch.allclose(a, b) and not torch.allclose(a, clean)
+    for hook in hooks:
+        hook.remove()
+    assert torch.allclose(model(ids).logits, clean)  # off again, even in training mode
+    assert add_residual_dropout(model, 0.0) == []
+    with pytest.raises(ThinkRecError, match="residual_dropout"):
+        add_residual_dropout(model, 1.0)
+    # unlike attention dropout, it goes with the packed rows' flex_attention
+    plan(TrainConfig(attention="flex_attention", residual_dropout=0.2), model)

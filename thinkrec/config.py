@@ -122,6 +122,14 @@ class TrainConfig:
         default=0.0,
         metadata={"help": "dropout on the attention weights while training (the saved model keeps its own setting)"},
     )
+    residual_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "dropout while training on the token embeddings and on each attention and MLP output before "
+            "the residual add (GPT-2's resid_pdrop; works with packed flex_attention rows, unlike "
+            "attention_dropout); the saved model has none"
+        },
+    )
     weight_average: float = field(
         default=0.0,
         metadata={
