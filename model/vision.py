@@ -16,17 +16,32 @@ import torch
 from torch import nn
 
 IMAGE_TOKEN = "<image>"
+VISION_FILE = "vision.json"  # beside a model folder: the model reads images (serve/vision.py)
+# in a subfolder: vLLM loads every top-level *.safetensors of a model folder as the LLM's weights
+PROJECTOR_FILE = "vision/projector.safetensors"
 
 
 class Projector(nn.Module):
-    """LLaVA-1.5's two-layer MLP from image features to LLM embeddings."""
+    """LLaVA-1.5's two-layer MLP from image features to LLM embeddings, after a per-dimension
+    standardisation of the features (`standardise`; identity until set). Pictures of one kind (all
+    digits, all posters) share most of their features: unstandardised, what tells them apart is a
+    sliver of the projected vector, and a model trained on them learned to ignore the picture."""
 
     def __init__(self, feature_dim: int, hidden: int):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.register_buffer("feature_mean", torch.zeros(feature_dim))
+        self.register_buffer("feature_std", torch.ones(feature_dim))
+
+    def standardise(self, features: torch.Tensor) -> None:
+        """Centre and scale each feature dimension by these features' statistics (..., feature_dim)."""
+        flat = features.reshape(-1, features.shape[-1]).float()
+        self.feature_mean.copy_(flat.mean(0))
+        self.feature_std.copy_(flat.std(0).clamp(min=1e-4))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
+        mean, std = self.feature_mean.to(features.dtype), self.feature_std.to(features.dtype)
+        return self.net((features - mean) / std)
 
 
 def add_image_token(tok, model) -> int:
@@ -73,16 +88,19 @@ class VisionLM(nn.Module):
         embeds = self.embed(input_ids, image_features)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 
-    def save(self, path: str | Path, tok) -> None:
+    def save(self, path: str | Path, tok, **meta) -> None:
+        """The LLM folder (served by vLLM as is) with the projector beside it; `meta` joins vision.json
+        (e.g. the encoder's grid, which the server needs to encode images as training did)."""
         from safetensors.torch import save_file
 
         path = Path(path)
         self.llm.save_pretrained(path)
         tok.save_pretrained(path)
-        save_file(self.projector.state_dict(), str(path / "projector.safetensors"))
+        (path / PROJECTOR_FILE).parent.mkdir(parents=True, exist_ok=True)
+        save_file(self.projector.state_dict(), str(path / PROJECTOR_FILE))
         linear = self.projector.net[0]
-        meta = {"feature_dim": linear.in_features, "hidden": linear.out_features, "image_token": IMAGE_TOKEN}
-        (path / "vision.json").write_text(json.dumps(meta))
+        meta = {"feature_dim": linear.in_features, "hidden": linear.out_features, "image_token": IMAGE_TOKEN, **meta}
+        (path / VISION_FILE).write_text(json.dumps(meta))
 
     @classmethod
     def load(cls, path: str | Path) -> tuple[object, VisionLM]:
@@ -92,16 +110,25 @@ class VisionLM(nn.Module):
 
         path = Path(path)
         tok, llm = load_causal_lm(path)
-        meta = json.loads((path / "vision.json").read_text())
+        meta = json.loads((path / VISION_FILE).read_text())
         projector = Projector(meta["feature_dim"], meta["hidden"])
-        projector.load_state_dict(load_file(str(path / "projector.safetensors")))
+        projector.load_state_dict(load_file(str(path / PROJECTOR_FILE)))
         return tok, cls(llm, projector, tok.convert_tokens_to_ids(meta["image_token"]))
 
 
 def train_projector(
-    vlm: VisionLM, tok, samples: list[dict], steps: int, lr: float = 1e-3, batch_size: int = 16, seed: int = 0
+    vlm: VisionLM,
+    tok,
+    samples: list[dict],
+    steps: int,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    train_llm: bool = False,
+    bf16: bool = True,
 ) -> list[dict]:
-    """LLaVA's first stage: only the projector learns (LLM and encoder frozen), answer-only loss.
+    """LLaVA's first stage: only the projector learns (LLM and encoder frozen), answer-only loss;
+    `train_llm` lets the LLM learn too (its second stage). The encoder stays frozen either way.
     `samples`: {"messages": chat with the answer last, "image_features": (tokens, dim) or None}.
     Returns the Trainer's log history."""
     import tempfile
@@ -114,7 +141,7 @@ def train_projector(
     from model.train import AnswerOnlyTrainer
 
     set_seed(seed)
-    vlm.llm.requires_grad_(False)
+    vlm.llm.requires_grad_(train_llm)
     vlm.projector.requires_grad_(True)
     rows = [{**encode_chat(tok, s["messages"], 1024), "image_features": s.get("image_features")} for s in samples]
     args = TrainingArguments(
@@ -129,7 +156,7 @@ def train_projector(
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        bf16=use_bf16(on_gpu=True, on_cpu=True),  # only the projector learns; its test passes in bf16
+        bf16=bf16 and use_bf16(on_gpu=True, on_cpu=True),
         use_cpu=not torch.cuda.is_available(),
         seed=seed,
         disable_tqdm=True,

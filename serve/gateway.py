@@ -13,7 +13,8 @@ The middleware runs before vLLM's own, so it is also where every request is let 
   - /v1/completions and /v1/chat/completions are checked first: a malformed or unknown SID in the
     prompt is a 400 naming it, and a request that would crash the CPU engine (see `_unsafe`) is a 400;
     image parts are decoded under limits (serve/images.py): a URL to fetch, a corrupt, huge or
-    unsupported image, or too many of them is a 4xx.
+    unsupported image, or too many of them is a 4xx. A model trained on pictures (`thinkrec
+    train-vision`) gets them as prompt embeddings (serve/vision.py); a text-only model answers 400.
 The routes call the engine in-process (serve/engine.py), not the server's HTTP API.
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -37,6 +38,7 @@ from serve.engine import Engine
 from serve.images import ImageError, check_images
 from serve.schemas import MAX_K, ChatRequest, ItemsRequest, RecommendRequest, describe
 from serve.search import TrieSearch
+from serve.vision import picture_prompt, refuse_client_embeds, server_reader, with_picture_embeds
 from sft_data.requests import parse_reply, unsatisfying, why
 from thinkrec.errors import ThinkRecError
 from tokenizer_ext.sid import SID_BEGIN, TokenTrie
@@ -110,18 +112,34 @@ async def thinkrec_routes(request: Request, call_next) -> Response:
                 why = _unsafe(payload, _engine(request))
                 if why:
                     return _error(400, why)
-                if check_images(payload.get("messages")):
-                    raise ImageError(
-                        "the served model reads text only (it has no vision encoder): the images are valid, "
-                        "but send the request without them"
-                    )
+                refuse_client_embeds(payload)
+                images = check_images(payload.get("messages"))
                 cat = server_catalogue()
                 for field in ("prompt", "messages"):
                     for text in _strings(payload.get(field)):
                         cat.check_text(text)
+                if images:
+                    _embed_pictures(request, payload, images)
     except ThinkRecError as e:
         return _error(getattr(e, "status", 400), str(e))
     return await call_next(request)
+
+
+def _embed_pictures(request: Request, payload: dict, images: list) -> None:
+    """Hand vLLM the pictures as prompt embeddings (serve/vision.py): the request body is rewritten
+    in place, and vLLM's own chat handler serves it."""
+    reader = server_reader()
+    if reader is None:
+        raise ImageError(
+            "the served model reads text only (it was not trained on pictures: thinkrec train-vision): the "
+            "images are valid, but send the request without them"
+        )
+    dtype = request.app.state.engine_client.vllm_config.model_config.dtype
+    payload["messages"] = with_picture_embeds(payload["messages"], images, reader, dtype)
+    body = json.dumps(payload).encode()
+    request._body = body  # what call_next hands on (starlette's BaseHTTPMiddleware caches the read body)
+    headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-length"]
+    request.scope["headers"] = [*headers, (b"content-length", str(len(body)).encode())]
 
 
 async def _route(request: Request, path: str) -> Response:
@@ -185,8 +203,10 @@ async def _chat(request: Request, cat: Catalogue, body: bytes) -> dict:
     says it heard (a genre, a decade, "anything but Drama", ...: sft_data/requests.py) is checked
     against the catalogue: the search keeps to items that satisfy it, and each item says why it fits."""
     req = ChatRequest.model_validate_json(body)
+    if req.messages[-1].picture_urls():
+        return await _picture_chat(request, cat, req)
     history = cat.history(req.user_id, req.history)
-    conversation = [t.model_dump() for t in req.messages]
+    conversation = [{"role": t.role, "content": t.text()} for t in req.messages]
     messages = cat.messages(history, conversation)
     engine = _engine(request)
     prompt = cat.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -209,6 +229,35 @@ async def _chat(request: Request, cat: Catalogue, body: bytes) -> dict:
     return {
         "reply": text,
         "heard": heard.label if heard else None,
+        "items": items,
+        "history": [cat.item_json(i) for i in history[-cat.history_len :]],
+        "assistant_message": text + " " + " ".join(it["sid"] for it in items),
+    }
+
+
+async def _picture_chat(request: Request, cat: Catalogue, req: ChatRequest) -> dict:
+    """ "More like this" with a picture (a model trained by train-vision): the ThinkRec search runs on
+    the picture's prompt (serve/vision.py), in the engine, with the picture as prompt embeddings.
+    A history, if given, is excluded from the items; the model was not trained to write a reply."""
+    reader = server_reader()
+    if reader is None:
+        raise ImageError("the served model reads text only (it was not trained on pictures: thinkrec train-vision)")
+    last = req.messages[-1]
+    parts = [{"type": "image_url", "image_url": {"url": u}} for u in last.picture_urls()]
+    images = check_images([{"role": "user", "content": parts}])
+    if len(images) != 1:
+        raise ImageError(f"{len(images)} pictures in one turn; send one")
+    dtype = request.app.state.engine_client.vllm_config.model_config.dtype
+    ids, pictures = picture_prompt(reader, cat.tokenizer, last.text().strip() or reader.prompt, images[0], dtype)
+    history = cat.history(req.user_id, req.history) if req.user_id or req.history else []
+    exclude = set(history)
+    score = partial(_engine(request).score, pictures=pictures)
+    hits, _ = await _search().top_k(score, ids, req.k, max(req.k, req.num_beams or DEFAULT_BEAMS), exclude)
+    items = [{**cat.item_json(h.item), "score": h.score, "why": "looks like your picture"} for h in hits]
+    text = "Items that look like your picture:"
+    return {
+        "reply": text,
+        "heard": "a picture",
         "items": items,
         "history": [cat.item_json(i) for i in history[-cat.history_len :]],
         "assistant_message": text + " " + " ".join(it["sid"] for it in items),

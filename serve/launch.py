@@ -18,6 +18,7 @@ from pathlib import Path
 
 from serve.catalogue import Catalogue
 from serve.schemas import MAX_BEAMS
+from serve.vision import reads_pictures
 from thinkrec.config import ServeConfig
 from thinkrec.errors import ThinkRecError
 
@@ -78,6 +79,8 @@ def server_command(run_dir: str | Path, cfg: ServeConfig, extra: list[str] | Non
     ]  # fmt: skip
     if cfg.enforce_eager:
         argv.append("--enforce-eager")
+    if reads_pictures(cat.model_dir):  # pictures reach the LLM as prompt embeddings (serve/vision.py)
+        argv.append("--enable-prompt-embeds")
     env = dict(os.environ)
     env.update(
         THINKREC_RUN_DIR=str(Path(run_dir).resolve()),

@@ -33,21 +33,52 @@ class _Who(_Body):
     user_id: Id | None = None
     history: Annotated[list[Id], Field(max_length=MAX_HISTORY)] | None = None
 
-    @model_validator(mode="after")
-    def _someone(self):
+    def _check_someone(self) -> None:
         if self.user_id is None and not self.history:
             raise ValueError("give a user_id or a non-empty history of item ids")
-        return self
 
 
 class RecommendRequest(_Who):
     k: Annotated[StrictInt, Field(ge=1, le=MAX_K)] = 10
     num_beams: Annotated[StrictInt, Field(ge=1, le=MAX_BEAMS)] | None = None  # default: the server's, at least k
 
+    @model_validator(mode="after")
+    def _someone(self):
+        self._check_someone()
+        return self
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: Annotated[str, Field(max_length=MAX_TEXT)]
+
+
+class ImageURL(_Body):
+    url: str  # a data: URL; serve/images.py decodes it under its own limits
+
+
+class ImagePart(_Body):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
 
 class ChatTurn(_Body):
     role: Literal["user", "assistant"]
-    content: Annotated[str, Field(max_length=MAX_TEXT)]
+    # text, or OpenAI-style parts: text and (in the last user turn) a picture
+    content: Annotated[str, Field(max_length=MAX_TEXT)] | Annotated[list[Part], Field(min_length=1, max_length=8)]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    def picture_urls(self) -> list[str]:
+        return (
+            [] if isinstance(self.content, str) else [p.image_url.url for p in self.content if isinstance(p, ImagePart)]
+        )
 
 
 class ChatRequest(_Who):
@@ -60,6 +91,10 @@ class ChatRequest(_Who):
     def _ends_with_user(self):
         if self.messages[-1].role != "user":
             raise ValueError("messages must end with a user turn")
+        if any(t.picture_urls() for t in self.messages[:-1]):
+            raise ValueError("a picture may come in the last user turn only")
+        if not self.messages[-1].picture_urls():  # "more like this" with a picture needs no history
+            self._check_someone()
         return self
 
 

@@ -24,6 +24,7 @@ from thinkrec.config import (
     SFTDataConfig,
     TokenizerConfig,
     TrainConfig,
+    VisionConfig,
 )
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
@@ -41,9 +42,12 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "qa-eval": (QAEvalConfig,),
     "reasoning-eval": (RLConfig,),
     "chat-eval": (ChatEvalConfig,),
+    "train-vision": (VisionConfig,),
+    "image-eval": (VisionConfig,),
 }
 # QA and reasoning need a model trained on the QA / reasoning mixtures first (see README)
-DEMO_STAGES = [s for s in STAGE_CONFIGS if s not in ("qa-eval", "reasoning-eval")]
+# (the vision stages need a catalogue with pictures: --dataset digits, README "Images")
+DEMO_STAGES = [s for s in STAGE_CONFIGS if s not in ("qa-eval", "reasoning-eval", "train-vision", "image-eval")]
 # The demo's departures from the stage defaults, sized to finish within an hour on 2 CPU cores: 250
 # LoRA steps (300 by default) with a learning curve on 200 valid users at steps 125 and 250 that
 # also picks the best-on-valid checkpoint; SASRec alone as the learned baseline (GRU4Rec adds about
@@ -70,6 +74,8 @@ HELP = {
     "qa-eval": "QA accuracy per task on held-out users/items; recommendation with and without reasoning",
     "reasoning-eval": "reasoning-first vs direct on held-out users, before and after reasoning RL",
     "chat-eval": "does the chat listen: request satisfaction per kind, Recall with a request, two turns, replies",
+    "train-vision": "the served model learns pictures: 'more like this' on an image catalogue (--dataset digits)",
+    "image-eval": "'more like this' with held-out pictures: is an item of the picture's class in the top 5",
     "demo": "run every stage in order on the defaults",
     "serve": "serve a run through vLLM's OpenAI-compatible server (trie-constrained SIDs, chat page)",
     "chat": "chat with a running server in the terminal",
@@ -171,6 +177,15 @@ def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
 
         print(format_chat_table(run_chat_eval(_build(ChatEvalConfig, args), run)))
         print(f"written: {run.path / 'eval' / 'chat_eval.json'}")
+    elif name == "train-vision":
+        from model.vision_train import run_train_vision
+
+        print(run_train_vision(_build(VisionConfig, args), run))
+    elif name == "image-eval":
+        from eval.images import format_image_table, run_image_eval
+
+        print(format_image_table(run_image_eval(_build(VisionConfig, args), run)))
+        print(f"written: {run.path / 'eval' / 'image_rec.json'}")
     elif name == "qa-eval":
         from eval.qa import format_qa_table, run_qa_eval
 

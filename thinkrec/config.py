@@ -9,7 +9,11 @@ from dataclasses import dataclass, field
 @dataclass
 class DataConfig:
     dataset: str = field(
-        default="ml-100k", metadata={"help": "the data set; ml-100k (MovieLens-100K) is the one built in"}
+        default="ml-100k",
+        metadata={
+            "help": "ml-100k (MovieLens-100K: users, movies, ratings) | digits (scikit-learn's 8x8 digit images as "
+            "an image catalogue, no users: see thinkrec/data/digits.py)"
+        },
     )
     data_dir: str = field(
         default="",
@@ -17,6 +21,10 @@ class DataConfig:
     )
     min_core: int = field(default=5, metadata={"help": "k-core filter on users and items"})
     max_users: int = field(default=0, metadata={"help": "keep only the first N users (by id) for quick runs; 0 = all"})
+    query_share: float = field(
+        default=0.2, metadata={"help": "digits: share of the images held out as query pictures (not items)"}
+    )
+    max_items: int = field(default=0, metadata={"help": "digits: use only N images for quick runs; 0 = all 1,797"})
 
 
 @dataclass
@@ -216,6 +224,31 @@ class EvalConfig:
 
     def k_list(self) -> list[int]:
         return sorted(int(k) for k in self.ks.split(",") if k.strip())
+
+
+@dataclass
+class VisionConfig:
+    """`thinkrec train-vision` and `thinkrec image-eval`: "more like this" with a picture, on a catalogue
+    whose items have images (`--dataset digits`, `tokenize --image-dir`)."""
+
+    steps: int = field(default=300, metadata={"help": "optimizer steps of the vision training"})
+    learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate (warm-up, cosine decay)"})
+    batch_size: int = field(default=16, metadata={"help": "samples (pictures) per step"})
+    grid: int = field(
+        default=2,
+        metadata={"help": "the encoder's feature map pooled to grid x grid: grid**2 image tokens per picture"},
+    )
+    train_llm: bool = field(
+        default=True,
+        metadata={"help": "fine-tune the LLM with the projector (LLaVA's second stage); off = the projector only"},
+    )
+    vision_bf16: bool = field(
+        default=False, metadata={"help": "bf16 autocast where the machine has it (faster on CPU, lower quality)"}
+    )
+    prompt: str = field(default="More like this.", metadata={"help": "the user's words that come with the picture"})
+    image_beams: int = field(default=10, metadata={"help": "image-eval: beams of the trie search; >= 5"})
+    image_queries: int = field(default=0, metadata={"help": "image-eval: use the first N query pictures; 0 = all"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
 
 
 @dataclass

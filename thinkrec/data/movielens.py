@@ -111,7 +111,7 @@ def _read_atomic(path: Path) -> list[dict[str, str]]:
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.dataset not in SUPPORTED:
-        raise ThinkRecError(f"dataset {cfg.dataset!r} is not supported; choose one of {SUPPORTED}")
+        raise ThinkRecError(f"dataset {cfg.dataset!r} is not supported; choose one of {(*SUPPORTED, 'digits')}")
     root = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.dataset)
     inter = _read_atomic(root / f"{cfg.dataset}.inter")
     item_rows = _read_atomic(root / f"{cfg.dataset}.item")
@@ -179,7 +179,12 @@ def _k_core(events: list[tuple], k: int) -> list[tuple]:
 
 def prepare(cfg: DataConfig, run: RunDir) -> Dataset:
     """Stage `data`: load, filter, split, and write items.jsonl + users.jsonl into the run."""
-    ds = load_dataset(cfg)
+    if cfg.dataset == "digits":  # an image catalogue (thinkrec/data/digits.py)
+        from thinkrec.data.digits import prepare_digits
+
+        ds = prepare_digits(cfg, run)
+    else:
+        ds = load_dataset(cfg)
     out = run.sub("data")
     with (out / "items.jsonl").open("w") as f:
         for it in ds.items:
