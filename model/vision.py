@@ -126,33 +126,38 @@ def train_projector(
     seed: int = 0,
     train_llm: bool = False,
     bf16: bool = True,
-) -> list[dict]:
+    checkpoints: Path | None = None,
+    save_steps: int = 100,
+) -> tuple[list[dict], str | None]:
     """LLaVA's first stage: only the projector learns (LLM and encoder frozen), answer-only loss;
     `train_llm` lets the LLM learn too (its second stage). The encoder stays frozen either way.
     `samples`: {"messages": chat with the answer last, "image_features": (tokens, dim) or None}.
-    Returns the Trainer's log history."""
+    With `checkpoints`, a checkpoint every `save_steps` steps there, and a rerun resumes from the
+    newest. Returns the Trainer's log history and the checkpoint it resumed from."""
     import tempfile
 
     from accelerate.utils import extract_model_from_parallel
     from transformers import TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
 
     from model.collate import LeftPadCollator, encode_chat
     from model.fastpath import use_bf16
-    from model.train import AnswerOnlyTrainer
 
     set_seed(seed)
     vlm.llm.requires_grad_(train_llm)
     vlm.projector.requires_grad_(True)
     rows = [{**encode_chat(tok, s["messages"], 1024), "image_features": s.get("image_features")} for s in samples]
     args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="thinkrec-projector-"),  # nothing is saved there (save_strategy no)
+        output_dir=str(checkpoints) if checkpoints else tempfile.mkdtemp(prefix="thinkrec-projector-"),
         per_device_train_batch_size=batch_size,
         max_steps=steps,
         learning_rate=lr,
         lr_scheduler_type="cosine",
         warmup_steps=max(1, steps // 20),
         logging_steps=max(1, steps // 10),
-        save_strategy="no",
+        save_strategy="steps" if checkpoints else "no",
+        save_steps=save_steps,
+        save_total_limit=2,
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -161,11 +166,32 @@ def train_projector(
         seed=seed,
         disable_tqdm=True,
     )
-    trainer = AnswerOnlyTrainer(
+    trainer = _vision_trainer()(
         model=vlm, args=args, train_dataset=rows, data_collator=LeftPadCollator(tok.pad_token_id)
     )
-    trainer.train()
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints and checkpoints.is_dir() else None
+    trainer.train(resume_from_checkpoint=resume)
     # accelerate wrapped forward in the training autocast: unwrap it, so the trained model answers in
     # its own precision, as it will once saved and loaded
     extract_model_from_parallel(vlm, keep_fp32_wrapper=False)
-    return trainer.state.log_history
+    return trainer.state.log_history, resume
+
+
+def _vision_trainer() -> type:
+    """The Trainer class for a VisionLM (built here: model.train and transformers' Trainer load only
+    when training, and serving imports this module for Projector)."""
+    from transformers.utils import WEIGHTS_NAME
+
+    from model.train import AnswerOnlyTrainer
+
+    class _VisionTrainer(AnswerOnlyTrainer):
+        """Checkpoints of a VisionLM, which is no transformers model: the Trainer would write its state
+        dict with safetensors' save_file, which refuses the LLM's tied embedding and head. torch.save
+        keeps both names, and the Trainer's resume reads the file back whole (weights only)."""
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            out = Path(output_dir or self.args.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(self.accelerator.unwrap_model(self.model).state_dict(), out / WEIGHTS_NAME)
+
+    return _VisionTrainer

@@ -9,11 +9,13 @@ features go through the projector into `<image>` slots of the prompt. The projec
 learn together (`--no-train-llm`: the projector alone, LLaVA's first stage).
 
 The model is written where serving looks (RUN/sft/model), with the projector and vision.json beside
-it: `thinkrec serve RUN` then takes pictures on /v1/chat/completions (serve/vision.py).
+it: `thinkrec serve RUN` then takes pictures (serve/vision.py). Checkpoints every `save_steps` in
+RUN/sft/checkpoints; a rerun resumes from the newest (`--no-resume` starts over).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -115,14 +117,24 @@ def run_train_vision(cfg: VisionConfig, run: RunDir) -> dict:
         }
         for i in range(len(ds.items))
     ]
-    history = train_projector(
-        vlm, tok, samples, cfg.steps, cfg.learning_rate, cfg.batch_size, cfg.seed, cfg.train_llm, cfg.vision_bf16
-    )
+    checkpoints = run.sub("sft") / "checkpoints"
+    if not cfg.resume and checkpoints.is_dir():
+        shutil.rmtree(checkpoints)
+    history, resumed = train_projector(
+        vlm, tok, samples, cfg.steps, cfg.learning_rate, cfg.batch_size, cfg.seed, cfg.train_llm, cfg.vision_bf16,
+        checkpoints, cfg.save_steps,
+    )  # fmt: skip
     out = run.sub("sft") / "model"
     vlm.save(out, tok, grid=cfg.grid, prompt=cfg.prompt)
     index.save(out / MODEL_SID_FILE)
     losses = [h["loss"] for h in history if "loss" in h]
-    summary = {"pictures": len(samples), "steps": cfg.steps, "first_loss": losses[0], "last_loss": losses[-1]}
+    summary = {
+        "pictures": len(samples),
+        "steps": cfg.steps,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "resumed_from": resumed,
+    }
     run.record("train", cfg, {"model": "sft/model/config.json", "vision": "sft/model/vision.json"}, summary=summary)
     return summary
 

@@ -97,7 +97,7 @@ def test_projector_training_lifts_image_qa_accuracy_on_held_out_images(encoder, 
 
     before = choice_accuracy(model, tok, test_q)
     samples = [{"messages": q.sample()["messages"], "image_features": q.image_features} for q in train_q]
-    history = train_projector(model, tok, samples, steps=80, lr=2e-3, batch_size=16)
+    history, _ = train_projector(model, tok, samples, steps=80, lr=2e-3, batch_size=16)
     after = choice_accuracy(model, tok, test_q)
     print(f"digit QA accuracy on {n_test} held-out images: untrained projector {before:.2f}, trained {after:.2f}")
     losses = [h["loss"] for h in history if "loss" in h]

@@ -245,6 +245,10 @@ class VisionConfig:
     vision_bf16: bool = field(
         default=False, metadata={"help": "bf16 autocast where the machine has it (faster on CPU, lower quality)"}
     )
+    save_steps: int = field(
+        default=100, metadata={"help": "optimizer steps between checkpoints (a rerun resumes from the newest)"}
+    )
+    resume: bool = field(default=True, metadata={"help": "resume from the newest checkpoint; off = start over"})
     prompt: str = field(default="More like this.", metadata={"help": "the user's words that come with the picture"})
     image_beams: int = field(default=10, metadata={"help": "image-eval: beams of the trie search; >= 5"})
     image_queries: int = field(default=0, metadata={"help": "image-eval: use the first N query pictures; 0 = all"})
