@@ -46,42 +46,48 @@ def rank_pictures(
     return ranked
 
 
+def rank_picture_files(cat, paths: list, beams: int) -> list[list[int]]:
+    """Per picture file, the catalogue items (indices) the served model of `cat` ranks for it: the
+    VisionLM in HF, fp32, and the trie beam search of `beams` beams."""
+    tok, vlm, meta = load_vision_model(cat.model_dir)
+    feats = encode_pictures(list(paths), meta["grid"])
+    prompt = meta.get("prompt", VisionConfig.prompt)
+    return rank_pictures(vlm, tok, TokenTrie(cat.index, tok), feats, prompt, meta["grid"], beams)
+
+
 def run_image_eval(cfg: VisionConfig, run: RunDir) -> dict:
     from model.vision_train import catalogue_image_dir
     from serve.catalogue import Catalogue
-    from thinkrec.data import load_prepared
+    from tokenizer_ext.embed import embed_images
 
     if cfg.image_beams < K:
         raise ThinkRecError(f"--image-beams must be at least {K}")
-    ds = load_prepared(run)
+    cat = Catalogue.from_run(run.path)
     labels = load_labels(run)
     queries = sorted(labels["queries"])[: cfg.image_queries or None]
     if not queries:
         raise ThinkRecError("this run holds no query pictures (thinkrec data --dataset digits --query-share 0.2)")
-    model_dir = Catalogue.from_run(run.path).model_dir
-    tok, vlm, meta = load_vision_model(model_dir)
-    trie = TokenTrie(Catalogue.from_run(run.path).index, tok)
     t0 = time.time()
-    feats = encode_pictures(image_paths(run.path / "data" / "queries", queries), meta["grid"])
-    ranked = rank_pictures(vlm, tok, trie, feats, meta.get("prompt", cfg.prompt), meta["grid"], cfg.image_beams)
-    item_class = np.array([labels["items"][it.item_id] for it in ds.items])
+    query_dir = run.path / "data" / "queries"
+    ranked = rank_picture_files(cat, image_paths(query_dir, queries), cfg.image_beams)
+    item_class = np.array([labels["items"][it.item_id] for it in cat.ds.items])
     truth = np.array([labels["queries"][q] for q in queries])
     top = [r[:K] for r in ranked]
     hit = [bool(len(t) and (item_class[t] == c).any()) for t, c in zip(top, truth, strict=True)]
     share = [float((item_class[t] == c).mean()) if len(t) else 0.0 for t, c in zip(top, truth, strict=True)]
     first = [bool(len(t) and item_class[t[0]] == c) for t, c in zip(top, truth, strict=True)]
-    # the reference: the picture's nearest catalogue items by the encoder's global features
-    cat_feats = encode_pictures(image_paths(catalogue_image_dir(run), [it.item_id for it in ds.items]), 1)[:, 0]
-    q_feats = encode_pictures(image_paths(run.path / "data" / "queries", queries), 1)[:, 0]
-    sims = torch.nn.functional.normalize(q_feats, dim=-1) @ torch.nn.functional.normalize(cat_feats, dim=-1).T
-    knn = sims.topk(K, dim=-1).indices.numpy()
+    # the reference: the picture's nearest catalogue items by the encoder's global features (the
+    # unit-length features tokenize builds the SIDs from)
+    cat_feats, _ = embed_images([it.item_id for it in cat.ds.items], catalogue_image_dir(run))
+    q_feats, _ = embed_images(queries, str(query_dir))
+    knn = torch.from_numpy(q_feats @ cat_feats.T).topk(K, dim=-1).indices.numpy()
     report = {
         "top5_same_class": float(np.mean(hit)),
         "top1_same_class": float(np.mean(first)),
         "top5_same_class_share": float(np.mean(share)),
         "items_per_picture": float(np.mean([len(t) for t in top])),
         "images": len(queries),
-        "catalogue_items": len(ds.items),
+        "catalogue_items": len(cat.ds.items),
         "nearest_by_features": {
             "top5_same_class": float((item_class[knn] == truth[:, None]).any(1).mean()),
             "top1_same_class": float((item_class[knn[:, 0]] == truth).mean()),
@@ -89,7 +95,7 @@ def run_image_eval(cfg: VisionConfig, run: RunDir) -> dict:
         # K items drawn at random: 1 - (1 - share of the picture's class)^K, averaged over the pictures
         "chance_top5_same_class": float(np.mean([1 - (1 - (item_class == c).mean()) ** K for c in truth])),
         "chance_top1_same_class": float(np.mean([(item_class == c).mean() for c in truth])),
-        "model": str(model_dir),
+        "model": str(cat.model_dir),
         "beams": cfg.image_beams,
         "eval_s": round(time.time() - t0, 1),
         "date": time.strftime("%Y-%m-%d"),
@@ -112,16 +118,12 @@ def format_image_table(r: dict) -> str:
 
 
 def beam_pictures(run: RunDir, paths: list, beams: int) -> list[list[str]]:
-    """The item ids the served model ranks for each picture file, by HF generation in fp32 and the
-    trie beam search: the reference the served answers are checked against."""
+    """The item ids the served model ranks for each picture file (rank_picture_files): the reference
+    the served answers are checked against."""
     from serve.catalogue import Catalogue
 
     cat = Catalogue.from_run(run.path)
-    tok, vlm, meta = load_vision_model(cat.model_dir)
-    trie = TokenTrie(cat.index, tok)
-    feats = encode_pictures(list(paths), meta["grid"])
-    ranked = rank_pictures(vlm, tok, trie, feats, meta.get("prompt", "More like this."), meta["grid"], beams)
-    return [[cat.ds.items[i].item_id for i in r] for r in ranked]
+    return [[cat.ds.items[i].item_id for i in r] for r in rank_picture_files(cat, paths, beams)]
 
 
 def greedy_pictures(run: RunDir, paths: list) -> list[str]:

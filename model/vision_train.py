@@ -35,14 +35,13 @@ def picture_turn(prompt: str, grid: int) -> dict:
 
 
 def image_paths(folder: str | Path, names: list[str]) -> list[Path]:
-    """`<folder>/<name>.png|.jpg|.jpeg` for each name; a name without an image is an error."""
-    folder = Path(folder)
-    paths = []
-    for name in names:
-        found = [folder / f"{name}{s}" for s in (".png", ".jpg", ".jpeg") if (folder / f"{name}{s}").exists()]
-        if not found:
-            raise ThinkRecError(f"no image {name}.png/.jpg in {folder}")
-        paths.append(found[0])
+    """`<folder>/<name>.jpg|.jpeg|.png` for each name; a name without an image is an error."""
+    from tokenizer_ext.embed import image_file
+
+    paths = [image_file(Path(folder), name) for name in names]
+    missing = [name for name, path in zip(names, paths, strict=True) if path is None]
+    if missing:
+        raise ThinkRecError(f"no image {missing[0]}.jpg/.jpeg/.png in {folder} ({len(missing)} missing)")
     return paths
 
 

@@ -78,6 +78,10 @@ class Engine:
         out = await self._final(prompt_ids, params)
         return out.outputs[0].text
 
+    def dtype(self) -> torch.dtype:
+        """The served model's dtype: prompt embeddings must come in it."""
+        return self.client.vllm_config.model_config.dtype
+
     def chunked_prefill(self) -> bool:
         cfg = getattr(self.client, "vllm_config", None)
         return bool(cfg is None or cfg.scheduler_config.enable_chunked_prefill)

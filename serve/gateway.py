@@ -38,7 +38,7 @@ from serve.engine import Engine
 from serve.images import ImageError, check_images
 from serve.schemas import MAX_K, ChatRequest, ItemsRequest, RecommendRequest, describe
 from serve.search import TrieSearch
-from serve.vision import picture_prompt, refuse_client_embeds, server_reader, with_picture_embeds
+from serve.vision import PictureReader, picture_prompt, refuse_client_embeds, server_reader, with_picture_embeds
 from sft_data.requests import parse_reply, unsatisfying, why
 from thinkrec.errors import ThinkRecError
 from tokenizer_ext.sid import SID_BEGIN, TokenTrie
@@ -125,17 +125,21 @@ async def thinkrec_routes(request: Request, call_next) -> Response:
     return await call_next(request)
 
 
-def _embed_pictures(request: Request, payload: dict, images: list) -> None:
-    """Hand vLLM the pictures as prompt embeddings (serve/vision.py): the request body is rewritten
-    in place, and vLLM's own chat handler serves it."""
+def _picture_reader() -> PictureReader:
     reader = server_reader()
     if reader is None:
         raise ImageError(
             "the served model reads text only (it was not trained on pictures: thinkrec train-vision): the "
             "images are valid, but send the request without them"
         )
-    dtype = request.app.state.engine_client.vllm_config.model_config.dtype
-    payload["messages"] = with_picture_embeds(payload["messages"], images, reader, dtype)
+    return reader
+
+
+def _embed_pictures(request: Request, payload: dict, images: list) -> None:
+    """Hand vLLM the pictures as prompt embeddings (serve/vision.py): the request body is rewritten
+    in place, and vLLM's own chat handler serves it."""
+    dtype = _engine(request).dtype()
+    payload["messages"] = with_picture_embeds(payload["messages"], images, _picture_reader(), dtype)
     body = json.dumps(payload).encode()
     request._body = body  # what call_next hands on (starlette's BaseHTTPMiddleware caches the read body)
     headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-length"]
@@ -239,19 +243,18 @@ async def _picture_chat(request: Request, cat: Catalogue, req: ChatRequest) -> d
     """ "More like this" with a picture (a model trained by train-vision): the ThinkRec search runs on
     the picture's prompt (serve/vision.py), in the engine, with the picture as prompt embeddings.
     A history, if given, is excluded from the items; the model was not trained to write a reply."""
-    reader = server_reader()
-    if reader is None:
-        raise ImageError("the served model reads text only (it was not trained on pictures: thinkrec train-vision)")
+    reader = _picture_reader()
     last = req.messages[-1]
     parts = [{"type": "image_url", "image_url": {"url": u}} for u in last.picture_urls()]
     images = check_images([{"role": "user", "content": parts}])
     if len(images) != 1:
         raise ImageError(f"{len(images)} pictures in one turn; send one")
-    dtype = request.app.state.engine_client.vllm_config.model_config.dtype
-    ids, pictures = picture_prompt(reader, cat.tokenizer, last.text().strip() or reader.prompt, images[0], dtype)
+    engine = _engine(request)
+    words = last.text().strip() or reader.prompt
+    ids, pictures = picture_prompt(reader, cat.tokenizer, words, images[0], engine.dtype())
     history = cat.history(req.user_id, req.history) if req.user_id or req.history else []
     exclude = set(history)
-    score = partial(_engine(request).score, pictures=pictures)
+    score = partial(engine.score, pictures=pictures)
     hits, _ = await _search().top_k(score, ids, req.k, max(req.k, req.num_beams or DEFAULT_BEAMS), exclude)
     items = [{**cat.item_json(h.item), "score": h.score, "why": "looks like your picture"} for h in hits]
     text = "Items that look like your picture:"

@@ -58,7 +58,7 @@ class PictureReader:
 def server_reader() -> PictureReader | None:
     """The served model's reader, or None when it reads text only (THINKREC_MODEL_DIR, set by `thinkrec serve`)."""
     model_dir = Path(os.environ.get("THINKREC_MODEL_DIR", ""))
-    return PictureReader(model_dir) if (model_dir / VISION_FILE).exists() else None
+    return PictureReader(model_dir) if reads_pictures(model_dir) else None
 
 
 def reads_pictures(model_dir: Path) -> bool:

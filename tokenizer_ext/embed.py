@@ -45,6 +45,11 @@ def embed_texts(texts: list[str], model_dir: str, cache_dir: Path, batch_size: i
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+def image_file(folder: Path, name: str) -> Path | None:
+    """`<folder>/<name>.jpg|.jpeg|.png`, the first that exists, or None."""
+    return next((folder / f"{name}{s}" for s in IMAGE_SUFFIXES if (folder / f"{name}{s}").exists()), None)
+
+
 def embed_images(item_ids: list[str], image_dir: str) -> tuple[np.ndarray, np.ndarray]:
     """Global image features (L2-normalised, from backbone.image.VisionEncoder) for the items that
     have `<item_id>.jpg|.jpeg|.png` in `image_dir` (a cover or a key frame); zero rows elsewhere.
@@ -58,9 +63,9 @@ def embed_images(item_ids: list[str], image_dir: str) -> tuple[np.ndarray, np.nd
         raise ThinkRecError(f"image_dir {folder} is not a folder")
     paths = {}
     for row, item_id in enumerate(item_ids):
-        found = [folder / f"{item_id}{s}" for s in IMAGE_SUFFIXES if (folder / f"{item_id}{s}").exists()]
+        found = image_file(folder, item_id)
         if found:
-            paths[row] = found[0]
+            paths[row] = found
     if not paths:
         raise ThinkRecError(f"image_dir {folder} has no <item_id>.jpg/.jpeg/.png file for any catalogue item")
     encoder = VisionEncoder(grid=1)
