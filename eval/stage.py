@@ -38,9 +38,7 @@ def run_eval(cfg: EvalConfig, run: RunDir, model_dir: str = "") -> dict:
     unknown = [b for b in _names(cfg.baselines) if b not in BASELINES]
     if unknown:
         raise ThinkRecError(f"baselines: unknown {unknown}; choose from {', '.join(BASELINES)}")
-    ds, index = load_prepared(run), load_index(run)
-    sft_cfg = run.manifest()["stages"].get("sft_data", {}).get("config", {})
-    history_len = int(sft_cfg.get("history_len", 10))
+    ds = load_prepared(run)
     users = ds.users[: cfg.eval_users] if cfg.eval_users > 0 else ds.users
     histories = [u.history_for(cfg.split) for u in users]
     targets = [u.target_for(cfg.split) for u in users]
@@ -62,20 +60,7 @@ def run_eval(cfg: EvalConfig, run: RunDir, model_dir: str = "") -> dict:
         results[name].update(train_s=round(time.time() - t, 1), best_epoch=fit.best_epoch, valid=fit.valid)
 
     path = model_dir or trained_model_dir(run)
-    torch.manual_seed(cfg.seed)
-    tok, model = load_causal_lm(path)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    model.eval()
-    t = time.time()
-    _, modes = llm_rank(
-        model, tok, ds, index, histories, history_len, kmax, cfg.num_beams, cfg.eval_batch_size, free=True
-    )
-    seconds = time.time() - t
-    for constrained, name in ((True, "thinkrec"), (False, "thinkrec_unconstrained")):
-        results[name] = rank_metrics(modes[constrained]["ranked"], targets, ks)
-        results[name]["legality"] = modes[constrained]["legality"]
-    results["thinkrec"]["seconds"] = seconds
+    results.update(llm_results(cfg, run, path))
     report = {
         "split": cfg.split,
         "users": len(users),
@@ -93,6 +78,33 @@ def run_eval(cfg: EvalConfig, run: RunDir, model_dir: str = "") -> dict:
         {"metrics": f"eval/metrics_{cfg.split}.json", "quality": f"eval/quality_{cfg.split}.json"},
     )
     return report
+
+
+def llm_results(cfg: EvalConfig, run: RunDir, path) -> dict[str, dict]:
+    """Recall/NDCG of the model folder's constrained top-K ("thinkrec") and its free decoding
+    ("thinkrec_unconstrained", with legality) on cfg.split."""
+    ds, index = load_prepared(run), load_index(run)
+    history_len = int(run.manifest()["stages"].get("sft_data", {}).get("config", {}).get("history_len", 10))
+    users = ds.users[: cfg.eval_users] if cfg.eval_users > 0 else ds.users
+    histories = [u.history_for(cfg.split) for u in users]
+    targets = [u.target_for(cfg.split) for u in users]
+    ks = cfg.k_list()
+    torch.manual_seed(cfg.seed)
+    tok, model = load_causal_lm(path)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    t = time.time()
+    _, modes = llm_rank(
+        model, tok, ds, index, histories, history_len, max(ks), cfg.num_beams, cfg.eval_batch_size, free=True
+    )
+    seconds = time.time() - t
+    results = {}
+    for constrained, name in ((True, "thinkrec"), (False, "thinkrec_unconstrained")):
+        results[name] = rank_metrics(modes[constrained]["ranked"], targets, ks)
+        results[name]["legality"] = modes[constrained]["legality"]
+    results["thinkrec"]["seconds"] = seconds
+    return results
 
 
 def _names(csv: str) -> list[str]:

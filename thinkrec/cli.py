@@ -22,6 +22,7 @@ from thinkrec.config import (
     RLConfig,
     ServeConfig,
     SFTDataConfig,
+    SoupConfig,
     TokenizerConfig,
     TrainConfig,
     VisionConfig,
@@ -37,6 +38,7 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "sft-data": (SFTDataConfig,),
     "train": (TrainConfig,),
     "eval": (EvalConfig,),
+    "soup": (SoupConfig,),
     "rl": (RLConfig,),
     "rl-eval": (RLConfig,),
     "qa-eval": (QAEvalConfig,),
@@ -47,7 +49,8 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
 }
 # QA and reasoning need a model trained on the QA / reasoning mixtures first (see README)
 # (the vision stages need a catalogue with pictures: --dataset digits, README "Images")
-DEMO_STAGES = [s for s in STAGE_CONFIGS if s not in ("qa-eval", "reasoning-eval", "train-vision", "image-eval")]
+# (a soup needs several trained runs of one tokenizer: README "Best recipe")
+DEMO_STAGES = [s for s in STAGE_CONFIGS if s not in ("soup", "qa-eval", "reasoning-eval", "train-vision", "image-eval")]
 # The demo's departures from the stage defaults, sized to finish within an hour on 2 CPU cores: 250
 # LoRA steps (300 by default) with a learning curve on 200 valid users at steps 125 and 250 that
 # also picks the best-on-valid checkpoint; SASRec alone as the learned baseline (GRU4Rec adds about
@@ -67,6 +70,7 @@ HELP = {
     "sft-data": "build a training mixture: behaviour, item alignment, user-QA, video-QA, reasoning",
     "train": "SFT the extended LLM (LoRA or full), with checkpoints and resume",
     "eval": "Recall/NDCG/legality of the LLM against popularity and SASRec",
+    "soup": "average the weights of several runs' models (greedy model soup chosen on valid NDCG@10)",
     "pscore": "train the P-Score preference model (the RL reward), AUC per head",
     "rl": "ECPO alignment of the SFT model (P-Score, hit/rank, format, business rule; SFT term), chosen on valid;"
     " --reasoning: on rollouts that write a rationale first",
@@ -154,6 +158,13 @@ def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
         report = run_eval(_build(EvalConfig, args), run, getattr(args, "model_dir", ""))
         print(format_table(report))
         print(f"written: {run.path / 'eval' / ('metrics_' + report['split'] + '.json')}")
+    elif name == "soup":
+        from eval.soup import format_soup_table, run_soup
+
+        report = run_soup(_build(SoupConfig, args), run)
+        print(format_soup_table(report))
+        print(f"written: {run.path / 'eval' / 'soup.json'}")
+        print(f"test it with `thinkrec eval --model-dir {report['soup']}`; serve it with `--model-dir` too")
     elif name == "pscore":
         from rl.stage import run_pscore
 

@@ -227,6 +227,34 @@ class EvalConfig:
 
 
 @dataclass
+class SoupConfig:
+    """`thinkrec soup`: average the weights of several fine-tunes of the run's base model (model/soup.py),
+    the ingredients chosen greedily on the valid split (eval/soup.py)."""
+
+    models: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated model folders (e.g. runs/a/sft/model,runs/b/sft/model), all trained "
+            "from this run's tokenizer and base model"
+        },
+    )
+    out: str = field(default="", metadata={"help": "where the soup goes; empty = RUN/sft/soup"})
+    greedy: bool = field(
+        default=True,
+        metadata={
+            "help": "add the ingredients best-first and keep each only if the soup's valid NDCG@10 does "
+            "not fall (greedy soup); off = the plain mean of all"
+        },
+    )
+    num_beams: int = field(default=20, metadata={"help": "beams of the valid evaluations"})
+    eval_users: int = field(default=0, metadata={"help": "valid evaluations on the first N users; 0 = all"})
+    eval_batch_size: int = field(default=8, metadata={"help": "prompts per prefill"})
+
+    def model_list(self) -> list[str]:
+        return [m.strip() for m in self.models.split(",") if m.strip()]
+
+
+@dataclass
 class VisionConfig:
     """`thinkrec train-vision` and `thinkrec image-eval`: "more like this" with a picture, on a catalogue
     whose items have images (`--dataset digits`, `tokenize --image-dir`)."""
