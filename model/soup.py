@@ -20,9 +20,9 @@ from safetensors.torch import save_file
 from thinkrec.errors import ThinkRecError
 
 # files that must be identical across ingredients: the same vocabulary, SIDs and architecture (the
-# config up to the saved dtype and library version)
+# config up to what only says how it was saved or run: training saves use_cache off)
 MUST_MATCH = ("thinkrec_sid_index.json", "tokenizer.json", "config.json")
-CONFIG_FREE = ("torch_dtype", "dtype", "transformers_version")
+CONFIG_FREE = ("torch_dtype", "dtype", "transformers_version", "use_cache", "_name_or_path")
 
 
 def weight_files(folder: Path) -> list[Path]:

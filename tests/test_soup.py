@@ -4,6 +4,8 @@ Llamas: quick. The greedy soup on a trained run is in tests/test_pipeline.py."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -24,6 +26,9 @@ def _model(folder, seed: int, sids: str = '{"levels": 3}', dtype=torch.float32, 
 
 def test_the_soup_is_the_mean_in_the_first_models_dtype_with_its_files(tmp_path):
     a, b, c = (_model(tmp_path / n, s, dtype=torch.bfloat16) for n, s in (("a", 0), ("b", 1), ("c", 2)))
+    # a trained model saves use_cache off, its base on: the same architecture
+    cfg = json.loads((b / "config.json").read_text())
+    (b / "config.json").write_text(json.dumps({**cfg, "use_cache": not cfg.get("use_cache", True)}))
     out = average_models([a, b, c], tmp_path / "soup")
     wa, wb, wc, ws = (load_file(str(f / "model.safetensors")) for f in (a, b, c, out))
     assert set(ws) == set(wa)
