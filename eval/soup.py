@@ -31,6 +31,8 @@ def run_soup(cfg: SoupConfig, run: RunDir) -> dict:
     if len({f.resolve() for f in folders}) != len(folders):
         raise ThinkRecError("--models names a folder twice")
     check_ingredients(folders)
+    if not (folders[0] / MODEL_SID_FILE).exists():
+        raise ThinkRecError(f"{folders[0]} has no {MODEL_SID_FILE}: not a model that `thinkrec train` saved")
     run_sids = run.path / "tokenizer" / "sid_index.json"
     if run_sids.exists() and (folders[0] / MODEL_SID_FILE).read_text() != run_sids.read_text():
         raise ThinkRecError(f"the models were not trained on {run.path}'s SIDs: evaluate them in their own run")
