@@ -19,7 +19,8 @@ from model.soup import average_models, check_ingredients
 from thinkrec.config import EvalConfig, SoupConfig
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
-from tokenizer_ext.sid import MODEL_SID_FILE
+from tokenizer_ext.sid import MODEL_SID_FILE, SIDIndex
+from tokenizer_ext.stage import load_index
 
 METRIC = "ndcg@10"
 
@@ -33,8 +34,7 @@ def run_soup(cfg: SoupConfig, run: RunDir) -> dict:
     check_ingredients(folders)
     if not (folders[0] / MODEL_SID_FILE).exists():
         raise ThinkRecError(f"{folders[0]} has no {MODEL_SID_FILE}: not a model that `thinkrec train` saved")
-    run_sids = run.path / "tokenizer" / "sid_index.json"
-    if run_sids.exists() and (folders[0] / MODEL_SID_FILE).read_text() != run_sids.read_text():
+    if SIDIndex.load(folders[0] / MODEL_SID_FILE) != load_index(run):
         raise ThinkRecError(f"the models were not trained on {run.path}'s SIDs: evaluate them in their own run")
     out = Path(cfg.out) if cfg.out else run.path / "sft" / "soup"
     if cfg.num_beams < 10:
@@ -60,10 +60,10 @@ def run_soup(cfg: SoupConfig, run: RunDir) -> dict:
             if keep:
                 kept, best = [*kept, f], score
         shutil.rmtree(trial, ignore_errors=True)
+        average_models(kept, out)
     else:
         kept, steps = order, []
-    average_models(kept, out)
-    if not cfg.greedy:
+        average_models(kept, out)
         best = valid(out)
     report = {
         "split": "valid",

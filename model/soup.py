@@ -18,10 +18,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from thinkrec.errors import ThinkRecError
+from tokenizer_ext.sid import MODEL_SID_FILE
 
 # files that must be identical across ingredients: the same vocabulary, SIDs and architecture (the
 # config up to what only says how it was saved or run: training saves use_cache off)
-MUST_MATCH = ("thinkrec_sid_index.json", "tokenizer.json", "config.json")
+MUST_MATCH = (MODEL_SID_FILE, "tokenizer.json", "config.json")
 CONFIG_FREE = ("torch_dtype", "dtype", "transformers_version", "use_cache", "_name_or_path")
 
 
