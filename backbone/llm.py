@@ -64,8 +64,10 @@ def _convert_gguf(src: Path, gguf_file: str, target: Path) -> None:
     tmp.replace(target)
 
 
-def load_causal_lm(path: str | Path, dtype: str = "float32"):
-    """Tokenizer and model from a HF folder, with a pad token set (left padding for generation)."""
+def load_causal_lm(path: str | Path, dtype: str = "float32", accelerate: bool = False):
+    """Tokenizer and model from a HF folder, with a pad token set (left padding for generation).
+    accelerate: put the model on the GPU when there is one (eval, RL and chat-eval do; training
+    leaves placement to the Trainer)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -76,4 +78,6 @@ def load_causal_lm(path: str | Path, dtype: str = "float32"):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    if accelerate and torch.cuda.is_available():
+        model = model.to("cuda")
     return tok, model

@@ -140,9 +140,7 @@ def run_chat_eval(cfg: ChatEvalConfig, run: RunDir) -> dict:
     ds, index = load_prepared(run), load_index(run)
     history_len = history_len_of(run)
     model_dir = Path(cfg.chat_model_dir) if cfg.chat_model_dir else served_model_dir(run)
-    tok, model = load_causal_lm(model_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(device)
+    tok, model = load_causal_lm(model_dir, accelerate=True)
     ask = Asker(model, tok, ds, index, history_len, cfg)
     users = [p for p in range(len(ds.users)) if is_heldout_user(p)][: cfg.chat_users]
     hist = [ds.users[p].history_for("test") for p in users]
@@ -247,8 +245,7 @@ def run_chat_eval(cfg: ChatEvalConfig, run: RunDir) -> dict:
         f"plain_ndcg@{cfg.chat_k}_sft_only": None,
     }
     if cfg.compare_model_dir:
-        other_tok, other = load_causal_lm(cfg.compare_model_dir)
-        other = other.to(device)
+        other_tok, other = load_causal_lm(cfg.compare_model_dir, accelerate=True)
         ranked = Asker(other, other_tok, ds, index, history_len, cfg).plain(hist)
         m = rank_metrics(ranked, test, [cfg.chat_k])
         report[f"plain_recall@{cfg.chat_k}_sft_only"] = m[f"recall@{cfg.chat_k}"]

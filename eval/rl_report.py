@@ -67,12 +67,12 @@ def run_rl_eval(cfg: RLConfig, run: RunDir, k: int = 10, group: int = 8, sample_
         valid[name] = entry.get("valid")
     rows = {}
     for name, path in models.items():
-        tok, model = load_causal_lm(path)
+        tok, model = load_causal_lm(path, accelerate=True)
         model.eval()
         trie = TokenTrie(index, tok)
         args = (model, tok, trie, index, ds, histories, targets, pscore, flagged, history_len, k)
         row, beams = topk_metrics(*args, desc=name)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator(model.device).manual_seed(cfg.seed)
         sampled = _sample(model, tok, trie, prompts, group, True, cfg.temperature, exclude, gen)
         items = [[index.lookup(trie.decode_codes(c)) for c in g] for g in sampled]
         legal = beams.legal + sum(i is not None for g in items for i in g)

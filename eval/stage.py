@@ -90,9 +90,7 @@ def llm_results(cfg: EvalConfig, run: RunDir, path) -> dict[str, dict]:
     targets = [u.target_for(cfg.split) for u in users]
     ks = cfg.k_list()
     torch.manual_seed(cfg.seed)
-    tok, model = load_causal_lm(path)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    tok, model = load_causal_lm(path, accelerate=True)
     model.eval()
     t = time.time()
     _, modes = llm_rank(

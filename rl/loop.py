@@ -150,13 +150,13 @@ def policy_update(policy: Policy, opt: torch.optim.Optimizer, cfg: RLConfig, p_i
     model, pad = policy.model, policy.tok.pad_token_id
     with torch.no_grad():
         logp_old = sequence_logprobs(model, p_ids, rows.prompt, rows.tokens, pad)
-    adv, kind = torch.tensor(rows.adv), torch.tensor(rows.kind)
-    tokens = torch.tensor([len(t) for t in rows.tokens], dtype=torch.float32)
+    adv, kind = torch.tensor(rows.adv, device=model.device), torch.tensor(rows.kind, device=model.device)
+    tokens = torch.tensor([len(t) for t in rows.tokens], dtype=torch.float32, device=model.device)
     model.train()
-    sft = torch.zeros(())
+    sft = torch.zeros((), device=model.device)
     for _ in range(cfg.updates_per_sample):
         logp = sequence_logprobs(model, p_ids, rows.prompt, rows.tokens, pad)
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=model.device)
         for k, weight in ((ROLLOUT, 1.0), (FORMAT, cfg.format_weight)):
             if (kind == k).any():
                 part = ecpo_loss(logp[kind == k], logp_old[kind == k], adv[kind == k], cfg.epsilon, cfg.delta)

@@ -136,7 +136,7 @@ def run_rl(cfg: RLConfig, run: RunDir) -> dict:
     train_users, _ = rl_users(ds, cfg)
     valid_h, valid_t = split_examples(ds, select_users(ds, cfg), "valid")
     history_len = history_len_of(run)
-    tok, model = load_causal_lm(trained_model_dir(run, cfg.rl_init))
+    tok, model = load_causal_lm(trained_model_dir(run, cfg.rl_init), accelerate=True)
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(
