@@ -25,7 +25,6 @@ from tqdm import tqdm
 from backbone.llm import load_causal_lm
 from ranking.generate import beam_recommend
 from rl.served import served_model_dir
-from rl.stage import history_len_of
 from sft_data.prompts import TITLED, chat_messages
 from sft_data.qa import is_heldout_user
 from sft_data.requests import (
@@ -138,7 +137,7 @@ def run_chat_eval(cfg: ChatEvalConfig, run: RunDir) -> dict:
         raise ThinkRecError("chat_users, chat_k, chat_beams, reply_tokens and chat_batch_size must be >= 1")
     t0 = time.time()
     ds, index = load_prepared(run), load_index(run)
-    history_len = history_len_of(run)
+    history_len = run.history_len()
     model_dir = Path(cfg.chat_model_dir) if cfg.chat_model_dir else served_model_dir(run)
     tok, model = load_causal_lm(model_dir, accelerate=True)
     ask = Asker(model, tok, ds, index, history_len, cfg)

@@ -20,11 +20,10 @@ from transformers import TrainerCallback
 
 from ranking.generate import beam_recommend
 from sft_data.prompts import behaviour_prompt
-from sft_data.stage import sft_data_key
 from thinkrec.config import TrainConfig
 from thinkrec.data import Dataset, load_prepared
 from thinkrec.metrics import rank_metrics
-from thinkrec.rundir import RunDir
+from thinkrec.rundir import RunDir, sft_data_key
 from tokenizer_ext.sid import SIDIndex, TokenTrie
 from tokenizer_ext.stage import load_index
 

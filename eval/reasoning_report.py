@@ -16,7 +16,7 @@ import json
 from backbone.llm import load_causal_lm
 from model.train import trained_model_dir
 from rl.select import split_examples, topk_metrics
-from rl.stage import flagged_items, history_len_of, load_pscore, rl_users
+from rl.stage import flagged_items, load_pscore, rl_users
 from thinkrec.config import RLConfig
 from thinkrec.data import load_prepared
 from thinkrec.errors import ThinkRecError
@@ -30,7 +30,7 @@ MODES = ("direct", "reasoning_first")
 def run_reasoning_eval(cfg: RLConfig, run: RunDir, k: int = 10) -> dict:
     ds, index = load_prepared(run), load_index(run)
     _, held = rl_users(ds, cfg)
-    pscore, flagged, history_len = load_pscore(run), flagged_items(ds, cfg.flagged_genre), history_len_of(run)
+    pscore, flagged, history_len = load_pscore(run), flagged_items(ds, cfg.flagged_genre), run.history_len()
     histories, targets = split_examples(ds, held, "test")
     entry = run.manifest()["stages"].get(cfg.rl_name, {})
     if "valid_reasoning" not in entry or not (run.path / cfg.rl_name / "model" / "config.json").exists():

@@ -18,7 +18,7 @@ from model.train import trained_model_dir
 from ranking.generate import trie_sample
 from rl.select import split_examples, topk_metrics
 from rl.served import SERVED
-from rl.stage import flagged_items, history_len_of, load_pscore, rl_users
+from rl.stage import flagged_items, load_pscore, rl_users
 from sft_data.prompts import behaviour_prompt
 from thinkrec.config import RLConfig
 from thinkrec.data import load_prepared
@@ -55,7 +55,7 @@ def run_rl_eval(cfg: RLConfig, run: RunDir, k: int = 10, group: int = 8, sample_
     _, held = rl_users(ds, cfg)
     pscore = load_pscore(run)
     flagged = flagged_items(ds, cfg.flagged_genre)
-    history_len = history_len_of(run)
+    history_len = run.history_len()
     histories, targets = split_examples(ds, held, "test")
     prompts = [behaviour_prompt(ds, index, h, history_len) for h in histories[:sample_users]]
     exclude = [{index.codes[i] for i in h} for h in histories[:sample_users]]

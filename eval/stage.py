@@ -84,7 +84,7 @@ def llm_results(cfg: EvalConfig, run: RunDir, path) -> dict[str, dict]:
     """Recall/NDCG of the model folder's constrained top-K ("thinkrec") and its free decoding
     ("thinkrec_unconstrained", with legality) on cfg.split."""
     ds, index = load_prepared(run), load_index(run)
-    history_len = int(run.manifest()["stages"].get("sft_data", {}).get("config", {}).get("history_len", 10))
+    history_len = run.history_len()
     users = ds.users[: cfg.eval_users] if cfg.eval_users > 0 else ds.users
     histories = [u.history_for(cfg.split) for u in users]
     targets = [u.target_for(cfg.split) for u in users]

@@ -88,10 +88,6 @@ def select_users(ds: Dataset, cfg: RLConfig) -> list[int]:
     return list(range(len(ds.users) - cfg.rl_select_users, len(ds.users)))
 
 
-def history_len_of(run: RunDir) -> int:
-    return int(run.manifest()["stages"].get("sft_data", {}).get("config", {}).get("history_len", 10))
-
-
 def _check(cfg: RLConfig) -> None:
     if cfg.group_size < 2:
         raise ThinkRecError("group_size must be >= 2 (advantages are normalised within the group)")
@@ -135,7 +131,7 @@ def run_rl(cfg: RLConfig, run: RunDir) -> dict:
     reward = business_rule(preference_reward(pscore), flagged, cfg.rule_threshold, cfg.rule_alpha)
     train_users, _ = rl_users(ds, cfg)
     valid_h, valid_t = split_examples(ds, select_users(ds, cfg), "valid")
-    history_len = history_len_of(run)
+    history_len = run.history_len()
     tok, model = load_causal_lm(trained_model_dir(run, cfg.rl_init), accelerate=True)
     from peft import LoraConfig, get_peft_model
 

@@ -32,10 +32,9 @@ class Catalogue:
     def from_run(cls, run_dir: str | Path, model_dir: str | Path | None = None) -> Catalogue:
         run = RunDir(run_dir)
         ds, index = load_prepared(run), load_index(run)
-        cfg = run.manifest()["stages"].get("sft_data", {}).get("config", {})
         if model_dir is None:  # the run's recorded choice by a valid metric (rl/served.py), else SFT, else base
             model_dir = served_model_dir(run)
-        return cls(run, ds, index, Path(model_dir), int(cfg.get("history_len", 10)))
+        return cls(run, ds, index, Path(model_dir), run.history_len())
 
     @cached_property
     def tokenizer(self):

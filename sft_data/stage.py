@@ -25,7 +25,7 @@ from sft_data.requests import request_samples
 from thinkrec.config import SFTDataConfig
 from thinkrec.data import load_prepared
 from thinkrec.errors import ThinkRecError
-from thinkrec.rundir import RunDir
+from thinkrec.rundir import RunDir, sft_data_key
 from tokenizer_ext.stage import load_index
 
 MIXTURES: dict[str, dict[str, float]] = {
@@ -114,12 +114,6 @@ def preference_scores(run: RunDir):
 
     path = run.path / "pscore" / "user_scores.npy"
     return np.load(path) if path.exists() else None
-
-
-def sft_data_key(mixture: str) -> str:
-    """Manifest entry of a mixture: `sft_data` for the default one (later stages read its
-    history_len), `sft_data_<name>` for the others, so building one never rewrites another's."""
-    return "sft_data" if mixture == "default" else f"sft_data_{mixture}"
 
 
 def load_sft_data(run: RunDir, mixture: str = "default"):

@@ -64,6 +64,24 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "baseline_patience": 3,
     "chat_users": 16,
 }
+# `thinkrec demo --curriculum`: OneRec-Think's stages instead of the one default mixture. Item
+# alignment, then reasoning activation (QA, rationales, requests, behaviour replay) from its model,
+# the second stage named `sft` so that eval, ECPO, the chat evaluation and `serve` use it; the two
+# share the demo's training steps. Overrides here win over the user's flags: they define the stages.
+DEMO_CURRICULUM: list[tuple[str, dict[str, Any]]] = [
+    ("data", {}),
+    ("tokenize", {}),
+    ("pscore", {}),
+    ("sft-data", {"mixture": "alignment"}),
+    ("train", {"mixture": "alignment", "sft_name": "sft_align", "init_from": ""}),
+    ("sft-data", {"mixture": "activation"}),
+    ("train", {"mixture": "activation", "sft_name": "sft", "init_from": "sft_align"}),
+    ("eval", {}),
+    ("rl", {}),
+    ("rl-eval", {}),
+    ("chat-eval", {}),
+    ("qa-eval", {"qa_models": "sft_align,sft"}),
+]
 HELP = {
     "data": "load MovieLens-100K, k-core filter, leave-last-out split",
     "tokenize": "item embeddings -> RQ-Kmeans SIDs -> SID index, trie, extended LLM",
@@ -118,6 +136,13 @@ def parser() -> argparse.ArgumentParser:
         taken: set[str] = set()
         for cls in classes:
             _add_flags(sp, cls, taken)
+        if name == "demo":
+            sp.add_argument(
+                "--curriculum",
+                action="store_true",
+                help="train through the stages (alignment, then activation with QA, reasoning and requests)"
+                " instead of the one default mixture; the training steps are split between the two",
+            )
         if name == "eval":
             sp.add_argument(
                 "--model-dir", default="", help="evaluate this HF folder instead of the run's trained model"
@@ -205,6 +230,18 @@ def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
     print(f"== {name} done in {time.time() - t:.0f}s ==", flush=True)
 
 
+def _plan(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """The stages a command runs, each with the flags it overrides."""
+    if args.command != "demo":
+        return [(args.command, {})]
+    if not args.curriculum:
+        return [(name, {}) for name in DEMO_STAGES]
+    steps = args.max_steps if args.max_steps is not None else TrainConfig.max_steps
+    first = (steps + 1) // 2  # alignment gets the odd step; -1 (train by epochs) is not split
+    split = {"sft_align": {"max_steps": first}, "sft": {"max_steps": steps - first}} if steps > 0 else {}
+    return [(name, (o | split.get(o.get("sft_name"), {})) if name == "train" else o) for name, o in DEMO_CURRICULUM]
+
+
 def _split_vllm_args(argv: list[str]) -> tuple[list[str], list[str]]:
     """`thinkrec serve ... -- VLLM_FLAGS`: ThinkRec's own arguments, and those passed to vLLM."""
     if argv[:1] == ["serve"] and "--" in argv:
@@ -231,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             for flag, value in DEMO_DEFAULTS.items():  # where the user gave no flag of their own
                 if getattr(args, flag) is None:
                     setattr(args, flag, value)
-        for name in DEMO_STAGES if args.command == "demo" else [args.command]:
-            _stage(name, args, run)
+        for name, overrides in _plan(args):
+            if overrides:  # a curriculum stage: say which
+                print(f"-- {name}: " + ", ".join(f"{k}={v!r}" for k, v in overrides.items()), flush=True)
+            _stage(name, argparse.Namespace(**(vars(args) | overrides)), run)
     except ThinkRecError as e:
         print(f"thinkrec: error: {e}", file=sys.stderr)
         return 2

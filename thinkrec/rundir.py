@@ -14,6 +14,12 @@ from thinkrec.errors import ThinkRecError
 MANIFEST = "manifest.json"
 
 
+def sft_data_key(mixture: str) -> str:
+    """Manifest entry of a mixture: `sft_data` for the default one, `sft_data_<name>` for the
+    others, so building one never rewrites another's."""
+    return "sft_data" if mixture == "default" else f"sft_data_{mixture}"
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -49,6 +55,14 @@ class RunDir:
         tmp = self.path / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(data, indent=2, default=str))
         tmp.replace(self.path / MANIFEST)  # atomic: a crash never leaves half a manifest
+
+    def history_len(self) -> int:
+        """Items per prompt of the mixture the run's `sft` model was trained on (a curriculum run's
+        last stage trains on a named mixture, not the default one); 10 before any mixture exists."""
+        stages = self.manifest()["stages"]
+        mixture = stages.get("train", {}).get("config", {}).get("mixture", "default")
+        entry = stages.get(sft_data_key(mixture)) or stages.get("sft_data", {})
+        return int(entry.get("config", {}).get("history_len", 10))
 
     def require(self, stage: str, command: str) -> dict[str, Any]:
         """The manifest entry of an earlier stage, with its output files checked to exist."""
