@@ -50,6 +50,19 @@ PAGE = Path(__file__).with_name("chat.html")
 CHECKED = ("/v1/completions", "/v1/chat/completions")
 # beams when a request names none: eval's default width, so the served ranking is the evaluated one
 DEFAULT_BEAMS = int(os.environ.get("THINKREC_NUM_BEAMS", "20"))
+FLAT_SEARCHES = int(os.environ.get("THINKREC_FLAT_SEARCHES", "2"))
+_searching = 0  # trie searches in flight (one event loop: no lock needed)
+
+
+async def _top_k(score, ids: list[int], k: int, beams: int, exclude: set[int]):
+    """serve/search.py's search; flat (fewest engine steps) while few searches share the engine,
+    else the one that spends the fewest tokens."""
+    global _searching
+    _searching += 1
+    try:
+        return await _search().top_k(score, ids, k, beams, exclude, flat=_searching <= FLAT_SEARCHES)
+    finally:
+        _searching -= 1
 
 
 def _error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
@@ -197,7 +210,7 @@ async def recommend(
     engine requests it took."""
     prompt = cat.sid_prompt(messages, prefix_text)
     ids = cat.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    hits, requests = await _search().top_k(engine.score, ids, k, max(k, beams or DEFAULT_BEAMS), exclude)
+    hits, requests = await _top_k(engine.score, ids, k, max(k, beams or DEFAULT_BEAMS), exclude)
     return [{**cat.item_json(h.item), "score": h.score} for h in hits], requests
 
 
@@ -255,7 +268,7 @@ async def _picture_chat(request: Request, cat: Catalogue, req: ChatRequest) -> d
     history = cat.history(req.user_id, req.history) if req.user_id or req.history else []
     exclude = set(history)
     score = partial(engine.score, pictures=pictures)
-    hits, _ = await _search().top_k(score, ids, req.k, max(req.k, req.num_beams or DEFAULT_BEAMS), exclude)
+    hits, _ = await _top_k(score, ids, req.k, max(req.k, req.num_beams or DEFAULT_BEAMS), exclude)
     items = [{**cat.item_json(h.item), "score": h.score, "why": "looks like your picture"} for h in hits]
     text = "Items that look like your picture:"
     return {

@@ -51,6 +51,8 @@ def server_command(run_dir: str | Path, cfg: ServeConfig, extra: list[str] | Non
         raise ThinkRecError(f"no model to serve in {cat.model_dir}")
     if cfg.block_size <= 0 or cfg.num_beams <= 0:
         raise ThinkRecError("--block-size and --num-beams must be positive")
+    if cfg.flat_searches < 0:
+        raise ThinkRecError("--flat-searches must be >= 0")
     extra_key, extra = _take_api_key(list(extra or []))
     key = cfg.api_key or extra_key or os.environ.get("THINKREC_API_KEY", "") or os.environ.get("VLLM_API_KEY", "")
     argv = [
@@ -87,6 +89,7 @@ def server_command(run_dir: str | Path, cfg: ServeConfig, extra: list[str] | Non
         THINKREC_MODEL_DIR=str(cat.model_dir.resolve()),
         THINKREC_MODEL_NAME=MODEL_NAME,
         THINKREC_NUM_BEAMS=str(cfg.num_beams),
+        THINKREC_FLAT_SEARCHES=str(cfg.flat_searches),
         VLLM_CPU_KVCACHE_SPACE=str(cfg.kv_cache_gib),
     )
     env.pop("VLLM_API_KEY", None)

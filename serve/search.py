@@ -17,6 +17,10 @@ each further generated token costs one. So requests are few and go deep:
     each level-1 prefix, which every beam search keeps first, then costs nothing more;
   - a prefix is skipped when enough of the next level's candidates already score above it (a
     child scores at most its parent: log-probabilities are <= 0); prefixes go best first.
+That spends the fewest tokens, which is what counts when many searches share the engine. A lone
+search waits instead on the engine steps it takes one after the other (the walk's tokens and the
+waves), so a `flat` search sends every beam prefix of a level at once, one code token each: one
+engine step per level. Both return the same items.
 """
 
 from __future__ import annotations
@@ -45,11 +49,17 @@ class TrieSearch:
         self.index, self.trie, self.levels = index, trie, index.levels
 
     async def top_k(
-        self, score: Score, prompt_ids: list[int], k: int, beams: int, exclude: set[int] = frozenset()
+        self,
+        score: Score,
+        prompt_ids: list[int],
+        k: int,
+        beams: int,
+        exclude: set[int] = frozenset(),
+        flat: bool = False,
     ) -> tuple[list[Hit], int]:
         """The best `k` items not in `exclude` by a `beams`-wide beam search, and the engine requests it
-        took; `prompt_ids` ends in <|sid_begin|>."""
-        run = _Run(self, score, prompt_ids, beams, exclude)
+        took; `prompt_ids` ends in <|sid_begin|>. flat: fewest engine steps rather than fewest tokens."""
+        run = _Run(self, score, prompt_ids, beams, exclude, flat)
         beam: list[Node] = [(0.0, ())] if run.alive(()) else []
         for depth in range(self.levels):
             keep = k if depth + 1 == self.levels else beams
@@ -60,8 +70,10 @@ class TrieSearch:
 class _Run:
     """One search: the engine calls, and the children log-probabilities learnt so far."""
 
-    def __init__(self, search: TrieSearch, score: Score, prompt_ids: list[int], beams: int, exclude: set[int]):
-        self.s, self.score, self.prompt_ids = search, score, prompt_ids
+    def __init__(
+        self, search: TrieSearch, score: Score, prompt_ids: list[int], beams: int, exclude: set[int], flat: bool
+    ):
+        self.s, self.score, self.prompt_ids, self.flat = search, score, prompt_ids, flat
         self.excluded = prefix_counts(search.index.codes[i] for i in exclude)
         # without scored ids: enough top logprobs for the best `beams` allowed children
         widest = max(len(v) for v in search.index.trie.values())
@@ -77,7 +89,7 @@ class _Run:
         """The allowed children of the beam's prefixes, at least all that can be among the best `keep`."""
         todo = sorted(beam, reverse=True)
         children: list[Node] = []
-        wave = 4
+        wave = len(todo) if self.flat else 4
         while todo:
             if len(children) >= keep:
                 bar = sorted((s for s, _ in children), reverse=True)[keep - 1]
@@ -98,7 +110,7 @@ class _Run:
         tokens = [trie.level_ids[lv][c] for lv, c in enumerate(prefix)]
         # the engine scores exactly the code tokens of the levels ahead (as many levels as vLLM allows)
         ids: list[int] = []
-        for lv in range(len(prefix), self.s.levels):
+        for lv in range(len(prefix), len(prefix) + 1 if self.flat else self.s.levels):
             if len(ids) + len(trie.level_ids[lv]) > MAX_SCORED_IDS:
                 break
             ids += trie.level_ids[lv]

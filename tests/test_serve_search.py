@@ -91,3 +91,20 @@ def test_excluded_items_never_come_back_and_never_waste_a_beam():
         i: sum(table[index.codes[i][:d]][index.codes[i][d]] for d in range(LEVELS)) for i in range(len(index.codes))
     }
     assert all(score[a] >= score[b] - 1e-9 for a, b in zip(items, plain, strict=False))
+
+
+def test_a_flat_search_returns_the_same_items_with_one_token_per_request():
+    index, trie, table = _setup(2)
+    search = TrieSearch(index, trie)
+    prompt = [1, 2, trie.begin_id]
+    best = _plain_beam(index, table, 10, 10, set())
+    exclude = set(best[:2])
+    for k, beams in ((5, 5), (10, 10), (3, 8)):
+        deep, flat = [], []
+        want = asyncio.run(search.top_k(_engine(trie, table, deep), prompt, k, beams, exclude))[0]
+        hits, requests = asyncio.run(search.top_k(_engine(trie, table, flat), prompt, k, beams, exclude, flat=True))
+        assert [h.item for h in hits] == [h.item for h in want]
+        assert [h.score for h in hits] == [h.score for h in want]
+        # one level per engine step: every request asks one token; each level expands the whole beam
+        assert set(flat) == {1} and requests == len(flat) <= 1 + 2 * beams
+        assert len(deep) <= len(flat)  # the deep search sends fewer requests (each recomputes the prompt's tail)

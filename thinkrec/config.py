@@ -311,6 +311,13 @@ class ServeConfig:
     num_beams: int = field(
         default=20, metadata={"help": "/thinkrec beam width when a request names none (eval's default; at least k)"}
     )
+    flat_searches: int = field(
+        default=2,
+        metadata={
+            "help": "/thinkrec searches in flight up to which a search sends each level's prefixes at once"
+            " (fewest engine steps: latency); beyond it, fewest tokens (throughput). 0 = never"
+        },
+    )
     block_size: int = field(
         default=32,
         metadata={"help": "KV block in tokens: prefix-cache hits land on its multiples (CPU takes multiples of 32)"},
