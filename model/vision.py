@@ -153,7 +153,7 @@ def train_projector(
         max_steps=steps,
         learning_rate=lr,
         lr_scheduler_type="cosine",
-        warmup_steps=max(1, steps // 20),
+        warmup_steps=max(1, steps // 10),  # a gentle start: the picture-initialised code rows spike the first loss
         logging_steps=max(1, steps // 10),
         save_strategy="steps" if checkpoints else "no",
         save_steps=save_steps,

@@ -105,6 +105,7 @@ def run_train_vision(cfg: VisionConfig, run: RunDir) -> dict:
     ds, index = load_prepared(run), load_index(run)
     paths = image_paths(catalogue_image_dir(run), [it.item_id for it in ds.items])
     features = encode_pictures(paths, cfg.grid)
+    torch.manual_seed(cfg.seed)  # the projector's and the picture token's first weights, whatever ran before
     tok, llm = load_causal_lm(run.path / "model_base")
     vlm = VisionLM(llm, Projector(features.shape[-1], llm.config.hidden_size), add_image_token(tok, llm))
     vlm.projector.standardise(features)  # by the catalogue's pictures; saved with the projector
