@@ -23,7 +23,7 @@ from sft_data.prompts import behaviour_prompt
 from thinkrec.config import TrainConfig
 from thinkrec.data import Dataset, load_prepared
 from thinkrec.metrics import rank_metrics
-from thinkrec.rundir import RunDir, sft_data_key
+from thinkrec.rundir import RunDir
 from tokenizer_ext.sid import SIDIndex, TokenTrie
 from tokenizer_ext.stage import load_index
 
@@ -169,5 +169,4 @@ def curve_callbacks(cfg: TrainConfig, run: RunDir) -> list[QualityCurve]:
     """The callback for `thinkrec train` when the curve is switched on (eval_every > 0)."""
     if cfg.eval_every <= 0:
         return []
-    sft_cfg = run.manifest()["stages"].get(sft_data_key(cfg.mixture), {}).get("config", {})
-    return [QualityCurve(cfg, run, int(sft_cfg.get("history_len", 10)), run.sub(cfg.sft_name))]
+    return [QualityCurve(cfg, run, run.history_len(cfg.mixture), run.sub(cfg.sft_name))]

@@ -56,11 +56,12 @@ class RunDir:
         tmp.write_text(json.dumps(data, indent=2, default=str))
         tmp.replace(self.path / MANIFEST)  # atomic: a crash never leaves half a manifest
 
-    def history_len(self) -> int:
-        """Items per prompt of the mixture the run's `sft` model was trained on (a curriculum run's
-        last stage trains on a named mixture, not the default one); 10 before any mixture exists."""
+    def history_len(self, mixture: str | None = None) -> int:
+        """Items per prompt of `mixture`, by default the one the run's `sft` model was trained on (a
+        curriculum run's last stage trains on a named mixture, not the default one); 10 before any
+        mixture exists."""
         stages = self.manifest()["stages"]
-        mixture = stages.get("train", {}).get("config", {}).get("mixture", "default")
+        mixture = mixture or stages.get("train", {}).get("config", {}).get("mixture", "default")
         entry = stages.get(sft_data_key(mixture)) or stages.get("sft_data", {})
         return int(entry.get("config", {}).get("history_len", 10))
 
