@@ -59,8 +59,9 @@ def run_rl_eval(cfg: RLConfig, run: RunDir, k: int = 10, group: int = 8, sample_
     histories, targets = split_examples(ds, held, "test")
     prompts = [behaviour_prompt(ds, index, h, history_len) for h in histories[:sample_users]]
     exclude = [{index.codes[i] for i in h} for h in histories[:sample_users]]
-    models = {"sft": trained_model_dir(run)}
-    rules, valid = {"sft": None}, {"sft": None}
+    # the trained model RL started from (`--rl-init`): `sft`, or a later curriculum stage
+    models = {cfg.rl_init: trained_model_dir(run, cfg.rl_init)}
+    rules, valid = {cfg.rl_init: None}, {cfg.rl_init: None}
     for name, entry in rl_runs(run).items():
         models[name] = run.path / name / "model"
         rules[name] = {k2: entry["config"][k2] for k2 in ("flagged_genre", "rule_threshold", "rule_alpha")}

@@ -24,7 +24,7 @@ from model.fastpath import Speed, plan
 from model.packing import PackedCollator, PackedDataset, packed_loss
 from thinkrec.config import TrainConfig
 from thinkrec.errors import ThinkRecError
-from thinkrec.rundir import RunDir
+from thinkrec.rundir import RunDir, train_key
 from tokenizer_ext.sid import MODEL_SID_FILE, sid_tokens
 
 
@@ -140,7 +140,7 @@ def run_train(cfg: TrainConfig, run: RunDir, callbacks: list | None = None) -> d
 
     plot_loss(history, out / "loss.png")
     outputs = {"model": f"{cfg.sft_name}/model/config.json", "loss_plot": f"{cfg.sft_name}/loss.png"}
-    run.record(_stage_key(cfg.sft_name), cfg, outputs, summary=summary)
+    run.record(train_key(cfg.sft_name), cfg, outputs, summary=summary)
     return summary
 
 
@@ -267,12 +267,8 @@ def _total_steps(cfg: TrainConfig, n: int, batch: int) -> int:
     return math.ceil(n / (batch * cfg.grad_accum) * cfg.epochs)
 
 
-def _stage_key(sft_name: str) -> str:
-    return "train" if sft_name == "sft" else f"train_{sft_name}"
-
-
 def trained_model_dir(run: RunDir, sft_name: str = "sft") -> Path:
-    run.require(_stage_key(sft_name), f"train --sft-name {sft_name}" if sft_name != "sft" else "train")
+    run.require(train_key(sft_name), f"train --sft-name {sft_name}" if sft_name != "sft" else "train")
     path = run.path / sft_name / "model"
     if not (path / "config.json").exists():
         raise ThinkRecError(f"run directory {run.path}: trained model {path} is missing; re-run `thinkrec train`")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rl.rewards import hit_rank_reward
-from rl.served import SERVED, choose, record_served, served_model_dir
+from rl.served import SERVED, candidates, choose, record_served, served_model_dir
 from rl.stage import rl_users, select_users, step_pairs
 from thinkrec.config import RLConfig
 from thinkrec.errors import ThinkRecError
@@ -87,3 +87,24 @@ def test_served_model_is_the_best_by_the_valid_metric_and_never_a_worse_one(tmp_
     # an RL run older than the SFT model (SFT re-trained since) is out of the running
     stale = _run_with(tmp_path / "stale", {"ndcg@10": 0.09, "pscore@10": 0.6}, sft, "2025-12-31T00:00:00")
     assert record_served(stale) == {} and served_model_dir(stale) == stale.path / "sft" / "model"
+
+
+def test_served_fallback_is_the_model_rl_started_from(tmp_path):
+    """`rl --rl-init sft_act`: the valid comparison was against sft_act, so when RL loses the run
+    serves sft_act (not the older `sft`), and an RL run older than sft_act is out of the running."""
+    sft = {"ndcg@10": 0.050, "pscore@10": 0.55}
+    run = _run_with(tmp_path, {"ndcg@10": 0.045, "pscore@10": 0.56}, sft)
+    (tmp_path / "sft_act" / "model").mkdir(parents=True)
+    (tmp_path / "sft_act" / "model" / "config.json").write_text("{}")
+    manifest = run.manifest()
+    manifest["stages"]["train_sft_act"] = {"finished_at": "2026-01-01T12:00:00", "outputs": {}}
+    manifest["stages"]["rl"]["config"] = {"rl_init": "sft_act"}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    entry = record_served(run)
+    assert entry["model"] == "sft_act/model" and entry["name"] == "sft_act", entry
+    assert "no RL model beats sft_act" in entry["why"]
+    assert served_model_dir(run) == tmp_path / "sft_act" / "model"
+    # sft_act re-trained after the RL run: that RL run compared against a model that is gone
+    manifest["stages"]["train_sft_act"]["finished_at"] = "2026-01-03T00:00:00"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert candidates(run) == {}

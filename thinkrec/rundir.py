@@ -20,6 +20,11 @@ def sft_data_key(mixture: str) -> str:
     return "sft_data" if mixture == "default" else f"sft_data_{mixture}"
 
 
+def train_key(sft_name: str) -> str:
+    """Manifest entry of a trained model: `train` for `sft`, `train_<name>` for the others."""
+    return "train" if sft_name == "sft" else f"train_{sft_name}"
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
