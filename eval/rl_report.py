@@ -17,7 +17,7 @@ from backbone.llm import load_causal_lm
 from model.train import trained_model_dir
 from ranking.generate import trie_sample
 from rl.select import split_examples, topk_metrics
-from rl.served import SERVED
+from rl.served import SERVED, started_from
 from rl.stage import flagged_items, load_pscore, rl_users
 from sft_data.prompts import behaviour_prompt
 from thinkrec.config import RLConfig
@@ -59,9 +59,10 @@ def run_rl_eval(cfg: RLConfig, run: RunDir, k: int = 10, group: int = 8, sample_
     histories, targets = split_examples(ds, held, "test")
     prompts = [behaviour_prompt(ds, index, h, history_len) for h in histories[:sample_users]]
     exclude = [{index.codes[i] for i in h} for h in histories[:sample_users]]
-    # the trained model RL started from (`--rl-init`): `sft`, or a later curriculum stage
-    models = {cfg.rl_init: trained_model_dir(run, cfg.rl_init)}
-    rules, valid = {cfg.rl_init: None}, {cfg.rl_init: None}
+    # the trained model RL started from, as recorded (`--rl-init`: `sft`, or a later curriculum stage)
+    base = started_from(run) or cfg.rl_init
+    models = {base: trained_model_dir(run, base)}
+    rules, valid = {base: None}, {base: None}
     for name, entry in rl_runs(run).items():
         models[name] = run.path / name / "model"
         rules[name] = {k2: entry["config"][k2] for k2 in ("flagged_genre", "rule_threshold", "rule_alpha")}

@@ -52,6 +52,11 @@ def candidates(run: RunDir) -> dict[str, dict]:
     return out
 
 
+def started_from(run: RunDir) -> str | None:
+    """The trained model the run's newest RL run started from, as its manifest records it."""
+    return candidates(run).get("sft", {}).get("name")
+
+
 def choose(cands: dict[str, dict]) -> tuple[str, str]:
     """(name of the model to serve, why), by the rule in the module docstring."""
     base, label = cands["sft"]["valid"], cands["sft"].get("name", "sft")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rl.rewards import hit_rank_reward
-from rl.served import SERVED, candidates, choose, record_served, served_model_dir
+from rl.served import SERVED, candidates, choose, record_served, served_model_dir, started_from
 from rl.stage import rl_users, select_users, step_pairs
 from thinkrec.config import RLConfig
 from thinkrec.errors import ThinkRecError
@@ -104,7 +104,8 @@ def test_served_fallback_is_the_model_rl_started_from(tmp_path):
     assert entry["model"] == "sft_act/model" and entry["name"] == "sft_act", entry
     assert "no RL model beats sft_act" in entry["why"]
     assert served_model_dir(run) == tmp_path / "sft_act" / "model"
+    assert started_from(run) == "sft_act"  # rl-eval's base row, whatever flags it is given
     # sft_act re-trained after the RL run: that RL run compared against a model that is gone
     manifest["stages"]["train_sft_act"]["finished_at"] = "2026-01-03T00:00:00"
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    assert candidates(run) == {}
+    assert candidates(run) == {} and started_from(run) is None
