@@ -161,3 +161,20 @@ def test_a_genre_with_no_words_is_never_asked_about(data):
     asked = [c for c in asked if c is not None]
     assert asked and all(set(c.none_of) <= set(GENRE_WORDS) for c in asked)
     assert all("unknown" not in phrase(c, rng).lower() for c in asked)
+
+
+def test_the_plain_comparison_runs_on_the_chat_users_or_the_first_n_with_a_paired_interval():
+    from eval.chat import paired_bootstrap_ci, plain_user_ids
+    from thinkrec.errors import ThinkRecError
+
+    assert plain_user_ids(943, [9, 19], 0) == [9, 19]
+    assert plain_user_ids(943, [9, 19], 5) == [0, 1, 2, 3, 4]
+    assert len(plain_user_ids(943, [9], 10_000)) == 943
+    with pytest.raises(ThinkRecError, match="plain_users"):
+        plain_user_ids(943, [9], -1)
+    # 400 users, one model hits 100 more of them: the interval sits around +0.25 and excludes 0
+    ours, theirs = [1.0] * 200 + [0.0] * 200, [1.0] * 100 + [0.0] * 300
+    low, high = paired_bootstrap_ci(ours, theirs, seed=0)
+    assert 0.15 < low < 0.25 < high < 0.35
+    low, high = paired_bootstrap_ci(ours, ours, seed=0)  # the same answers: no gap at all
+    assert low == high == 0.0
