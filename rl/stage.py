@@ -5,7 +5,8 @@ The loop is our own rather than TRL's GRPOTrainer: each rollout is one item from
 excluded), the format reward needs free samples of the same prompts, and ECPO's early clip keeps
 the gradient of a capped ratio, which TRL's two-sided clipping (a clamp) does not.
 
-Three disjoint user sets: RL trains on the first `rl_users` (targets from their train parts only),
+Three disjoint user sets: RL trains on the first `rl_users` (targets from their train parts only;
+with `rl_target valid`, their valid item, which SFT never trained on, as fresh logs would be),
 the report tests on the next `rl_eval_users`, and the checkpoint is chosen on the valid split of
 the last `rl_select_users`. Step 0 of that choice is the SFT model itself, so a run that only made
 things worse is recorded as such and not served (rl/served.py). With `reasoning`, the rollouts write
@@ -99,13 +100,20 @@ def _check(cfg: RLConfig) -> None:
         raise ThinkRecError("epsilon and delta must be > 0")
     if min(cfg.pscore_weight, cfg.hit_weight, cfg.rank_weight, cfg.sft_weight, cfg.format_weight) < 0:
         raise ThinkRecError("pscore_weight, hit_weight, rank_weight, sft_weight and format_weight must be >= 0")
+    if cfg.rl_target not in ("train", "valid"):
+        raise ThinkRecError(f"rl_target must be train or valid, not {cfg.rl_target!r}")
     if min(cfg.rl_window, cfg.rl_steps, cfg.rl_save_steps, cfg.think_tokens) < 1:
         raise ThinkRecError("rl_window, rl_steps, rl_save_steps and think_tokens must be >= 1")
 
 
-def step_pairs(ds: Dataset, users: list[int], window: int, rng: np.random.Generator) -> tuple[list, list]:
+def step_pairs(
+    ds: Dataset, users: list[int], window: int, rng: np.random.Generator, target: str = "train"
+) -> tuple[list, list]:
     """(history, real next item) per user, the target one of their newest `window` train items:
-    the valid and test items are never a target nor in a history."""
+    the valid and test items are never a target nor in a history. With target "valid", the
+    user's valid item after all their train items (the RL users' own; never a test item)."""
+    if target == "valid":
+        return split_examples(ds, users, "valid")
     histories, targets = [], []
     for u in users:
         train = ds.users[u].train_items()
@@ -171,7 +179,7 @@ def run_rl(cfg: RLConfig, run: RunDir) -> dict:
         rng = np.random.default_rng([cfg.seed, step])  # per step: a resumed run draws what it would have
         torch.manual_seed(cfg.seed * 100_003 + step)
         users = rng.choice(train_users, size=min(cfg.users_per_step, len(train_users)), replace=False).tolist()
-        histories, targets = step_pairs(ds, users, cfg.rl_window, rng)
+        histories, targets = step_pairs(ds, users, cfg.rl_window, rng, cfg.rl_target)
         log.append(step_fn(policy, opt, cfg, reward, histories, targets, rng, step))
         if (step + 1) % cfg.rl_save_steps == 0 or step + 1 == cfg.rl_steps:
             evaluate(step + 1)

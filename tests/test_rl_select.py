@@ -53,6 +53,14 @@ def test_step_pairs_never_show_or_target_valid_and_test_items(ml100k):
             assert pos >= max(1, len(train) - 32)  # within the newest `window` train targets
 
 
+def test_valid_targets_are_the_users_own_valid_item_after_their_whole_train_part(ml100k):
+    users = list(range(10))
+    histories, targets = step_pairs(ml100k, users, 32, np.random.default_rng(0), target="valid")
+    for u, h, t in zip(users, histories, targets, strict=True):
+        assert h == ml100k.users[u].train_items() and t == ml100k.users[u].target_for("valid")
+        assert t != ml100k.users[u].target_for("test")
+
+
 def _run_with(tmp_path, rl_valid: dict, sft_valid: dict, rl_finished: str = "2026-01-02T00:00:00") -> RunDir:
     run = RunDir(tmp_path)
     for folder in ("sft/model", "rl/model", "model_base"):
