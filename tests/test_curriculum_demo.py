@@ -1,4 +1,4 @@
-"""`thinkrec demo --curriculum`: alignment, then activation from its model, then ECPO, one served model."""
+"""`thinkrec demo`: alignment, then activation from its model, then ECPO, one served model."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ def _trains(argv: list[str]) -> list[dict]:
     return [o for name, o in _plan(parser().parse_args(argv)) if name == "train"]
 
 
-def test_the_curriculum_splits_the_steps_and_fixes_each_stage_mixture():
-    first, second = _trains(["demo", "--curriculum", "--max-steps", "7", "--mixture", "default"])
-    assert first == {"mixture": "alignment", "sft_name": "sft_align", "init_from": "", "max_steps": 4}
-    assert second == {"mixture": "activation", "sft_name": "sft", "init_from": "sft_align", "max_steps": 3}
-    assert [o.get("max_steps") for o in _trains(["demo", "--curriculum", "--max-steps", "-1"])] == [None, None]
-    assert _trains(["demo"]) == [{}]  # the default demo: one stage on the default mixture, flags as given
+def test_the_curriculum_adds_half_the_steps_for_activation_and_fixes_each_stage_mixture():
+    first, second = _trains(["demo", "--max-steps", "7", "--mixture", "activation"])
+    assert first == {"mixture": "default", "sft_name": "sft_align", "init_from": "", "max_steps": 7}
+    assert second == {"mixture": "activation", "sft_name": "sft", "init_from": "sft_align", "max_steps": 4}
+    assert [o.get("max_steps") for o in _trains(["demo", "--max-steps", "-1"])] == [None, None]
+    assert _trains(["demo", "--one-stage"]) == [{}]  # one stage on the default mixture, flags as given
     assert _plan(parser().parse_args(["eval"])) == [("eval", {})]
 
 
@@ -30,16 +30,16 @@ def test_the_curriculum_demo_serves_the_activation_model_with_its_history_length
     toy = "--max-users 120 --max-steps 6 --eval-every 3 --curve-users 8 --eval-users 16 --pscore-epochs 1"
     toy += " --rl-steps 2 --rl-users 8 --rl-select-users 8 --rl-eval-users 8 --chat-users 2"
     toy += " --qa-questions 4 --qa-rec-users 4 --history-len 8"
-    argv = ["demo", "--curriculum", "--run-dir", str(run_dir), "--baselines", "", *toy.split()]
+    argv = ["demo", "--run-dir", str(run_dir), "--baselines", "", *toy.split()]
     assert main(argv) == 0
     stages = RunDir(run_dir).manifest()["stages"]
     align, act = stages["train_sft_align"]["config"], stages["train"]["config"]
-    assert (align["mixture"], align["init_from"], align["max_steps"]) == ("alignment", "", 3)
+    assert (align["mixture"], align["init_from"], align["max_steps"]) == ("default", "", 6)
     assert (act["mixture"], act["init_from"], act["max_steps"]) == ("activation", "sft_align", 3)
-    # alignment teaches items only; activation adds QA, rationales and requests with behaviour replay
-    assert not {"request", "reasoning", "user_top_genre"} & set(stages["sft_data_alignment"]["counts"])
-    assert {"behaviour", "request", "reasoning"} <= set(stages["sft_data_activation"]["counts"])
-    assert "sft_data" not in stages  # no default mixture: the prompt length comes from the activation one
+    # alignment: behaviour, items and requests; activation adds QA and rationales with behaviour replay
+    assert {"behaviour", "request"} <= set(stages["sft_data"]["counts"])
+    assert not {"reasoning", "user_top_genre"} & set(stages["sft_data"]["counts"])
+    assert {"behaviour", "request", "reasoning", "user_top_genre"} <= set(stages["sft_data_activation"]["counts"])
     assert RunDir(run_dir).history_len() == 8
     assert Catalogue.from_run(run_dir).history_len == 8
     metrics = json.loads((run_dir / "eval" / "metrics_test.json").read_text())["results"]["thinkrec"]
