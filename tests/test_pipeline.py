@@ -105,7 +105,7 @@ def test_greedy_soup_keeps_what_helps_on_valid_and_serves_as_a_model_folder(trai
     run, _ = trained_run
     trained, base = run.path / "sft" / "model", run.path / "model_base"
     models = f"{base},{trained}"  # given worst first: the soup orders them by their valid score
-    args = ["--run-dir", str(run.path), "--eval-users", "100", "--num-beams", "10"]
+    args = ["--run-dir", str(run.path), "--eval-users", "50", "--num-beams", "10"]
     assert main(["soup", *args, "--models", models]) == 0
     report = json.loads((run.path / "eval" / "soup.json").read_text())
     scores = {name: s["ndcg@10"] for name, s in report["ingredients"].items()}
@@ -115,7 +115,7 @@ def test_greedy_soup_keeps_what_helps_on_valid_and_serves_as_a_model_folder(trai
     step = report["greedy_steps"][0]
     assert step["added"] == str(base) and step["kept"] == (step["valid"]["ndcg@10"] >= scores[str(trained)])
     soup = run.path / "sft" / "soup"
-    ev = run_eval(EvalConfig(eval_users=100, num_beams=10, split="valid", baselines=""), run, str(soup))
+    ev = run_eval(EvalConfig(eval_users=50, num_beams=10, split="valid", baselines=""), run, str(soup))
     assert ev["results"]["thinkrec"]["ndcg@10"] == pytest.approx(report["soup_valid"]["ndcg@10"], abs=1e-6)
     assert ev["results"]["thinkrec"]["legality"] == 1.0
     assert main(["soup", *args, "--models", f"{trained}"]) == 2

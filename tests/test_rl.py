@@ -80,14 +80,14 @@ def test_ecpo_is_chosen_on_the_valid_split_resumes_and_keeps_legality(trained_ru
     assert pscore["auc"]["watch"] > 0.8
     assert pscore["auc_among_watched"]["like"] > 0.6 and pscore["auc_among_watched"]["love"] > 0.6
 
-    cfg = RLConfig(rl_steps=12, users_per_step=4, rl_eval_users=24, rl_select_users=24, rl_save_steps=6)
-    # stopped after 6 steps, then resumed from that checkpoint to 12
-    run_rl(dataclasses.replace(cfg, rl_steps=6), run)
+    cfg = RLConfig(rl_steps=8, users_per_step=4, rl_eval_users=24, rl_select_users=24, rl_save_steps=4)
+    # stopped after 4 steps, then resumed from that checkpoint to 8
+    run_rl(dataclasses.replace(cfg, rl_steps=4), run)
     summary = run_rl(cfg, run)
-    assert summary["resumed_from"] == 6
+    assert summary["resumed_from"] == 4
     log = json.loads((run.path / "rl" / "log.json").read_text())
-    assert [h["step"] for h in log["steps"]] == list(range(1, 13))
-    assert [v["step"] for v in log["valid"]] == [0, 6, 12]  # step 0: the SFT model itself
+    assert [h["step"] for h in log["steps"]] == list(range(1, 9))
+    assert [v["step"] for v in log["valid"]] == [0, 4, 8]  # step 0: the SFT model itself
     assert (run.path / "rl" / "reward.png").stat().st_size > 1000
     # the beam groups of train users hold their real next item often enough for the hit reward to act
     assert np.mean([h["group_hit_rate"] for h in log["steps"]]) > 0.1
