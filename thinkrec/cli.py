@@ -51,11 +51,12 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
 # (the vision stages need a catalogue with pictures: --dataset digits, README "Images")
 # (a soup needs several trained runs of one tokenizer: README "Best recipe")
 DEMO_STAGES = [s for s in STAGE_CONFIGS if s not in ("soup", "qa-eval", "reasoning-eval", "train-vision", "image-eval")]
-# The demo's departures from the stage defaults, sized to finish within an hour on 2 CPU cores: 250
-# LoRA steps (300 by default) with a learning curve on 200 valid users at steps 125 and 250 that
-# also picks the best-on-valid checkpoint; SASRec alone as the learned baseline (GRU4Rec adds about
-# as much again; `thinkrec eval` trains both), stopped after 3 valid checks without a gain (5 by
-# default); the chat evaluation on 16 of the 94 held-out users.
+# The demo's departures from the stage defaults, sized for 2 CPU cores: 250 LoRA steps (300 by
+# default; the curriculum's activation stage adds half as many) with a learning curve on 200 valid
+# users every 125 steps that also picks the best-on-valid checkpoint; SASRec alone as the learned
+# baseline (GRU4Rec adds about as much again; `thinkrec eval` trains both), stopped after 3 valid
+# checks without a gain (5 by default); the chat evaluation on 16 of the 94 held-out users; the QA
+# evaluation on 16 questions a task and 16 users.
 DEMO_DEFAULTS: dict[str, Any] = {
     "max_steps": 250,
     "eval_every": 125,
