@@ -44,7 +44,7 @@ from sft_data.requests import (
 from thinkrec.config import ChatEvalConfig
 from thinkrec.data import Dataset, load_prepared
 from thinkrec.errors import ThinkRecError
-from thinkrec.metrics import rank_metrics
+from thinkrec.metrics import hits_at, rank_metrics
 from thinkrec.rundir import RunDir
 from tokenizer_ext.sid import SID_BEGIN, SIDIndex, TokenTrie
 from tokenizer_ext.stage import load_index
@@ -166,7 +166,8 @@ def run_chat_eval(cfg: ChatEvalConfig, run: RunDir) -> dict:
     rng = random.Random(cfg.seed)
     plain_ids = plain_user_ids(len(ds.users), users, cfg.plain_users)
     asked = sorted(set(plain_ids) | set(users))  # the chat users' plain lists are the baseline of (a) and (b)
-    plain_all = dict(zip(asked, ask.plain([ds.users[p].history_for("test") for p in asked]), strict=True))
+    plain_hist = {p: ds.users[p].history_for("test") for p in asked}
+    plain_all = dict(zip(asked, ask.plain([plain_hist[p] for p in asked]), strict=True))
     plain = [plain_all[p] for p in users]
     plain_test = [ds.users[p].target_for("test") for p in plain_ids]
 
@@ -269,14 +270,12 @@ def run_chat_eval(cfg: ChatEvalConfig, run: RunDir) -> dict:
     }
     if cfg.compare_model_dir:
         other_tok, other = load_causal_lm(cfg.compare_model_dir, accelerate=True)
-        ranked = Asker(other, other_tok, ds, index, history_len, cfg).plain(
-            [ds.users[p].history_for("test") for p in plain_ids]
-        )
+        ranked = Asker(other, other_tok, ds, index, history_len, cfg).plain([plain_hist[p] for p in plain_ids])
         m = rank_metrics(ranked, plain_test, [cfg.chat_k])
         report[f"plain_recall@{cfg.chat_k}_sft_only"] = m[f"recall@{cfg.chat_k}"]
         report[f"plain_ndcg@{cfg.chat_k}_sft_only"] = m[f"ndcg@{cfg.chat_k}"]
-        ours = [float(t in plain_all[p][: cfg.chat_k]) for p, t in zip(plain_ids, plain_test, strict=True)]
-        theirs = [float(t in r[: cfg.chat_k]) for r, t in zip(ranked, plain_test, strict=True)]
+        ours = hits_at([plain_all[p] for p in plain_ids], plain_test, cfg.chat_k)
+        theirs = hits_at(ranked, plain_test, cfg.chat_k)
         report[f"plain_recall@{cfg.chat_k}_gap_ci95"] = paired_bootstrap_ci(ours, theirs, cfg.seed)
         report["compare_model"] = cfg.compare_model_dir
     report["seconds"] = round(time.time() - t0, 1)

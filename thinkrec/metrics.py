@@ -21,3 +21,8 @@ def rank_metrics(ranked: list[list[int]], targets: list[int], ks: list[int]) -> 
         out[f"recall@{k}"] = hits / n
         out[f"ndcg@{k}"] = ndcg / n
     return out
+
+
+def hits_at(ranked: list[list[int]], targets: list[int], k: int) -> list[float]:
+    """Per user, 1.0 if the target is in the top k (Recall@K before the mean; for paired tests)."""
+    return [float(t in items[:k]) for items, t in zip(ranked, targets, strict=True)]
