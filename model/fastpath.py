@@ -39,6 +39,7 @@ class Speed:
     compile: bool
     workers: int
     bf16: bool
+    sampling: str = "random"  # the Trainer's train_sampling_strategy: random | group_by_length
     original_attention: str = "sdpa"
 
     def describe(self) -> str:
@@ -47,6 +48,7 @@ class Speed:
         parts += [self.attention or self.original_attention]
         parts += ["compiled layers"] if self.compile else []
         parts += ["bf16" if self.bf16 else "fp32", f"{self.workers} loader workers"]
+        parts += ["batches of alike lengths"] if self.sampling == "group_by_length" else []
         return "train: " + ", ".join(parts)
 
     def apply(self, model) -> None:
@@ -112,6 +114,11 @@ def plan(cfg: TrainConfig, model) -> Speed:
             "flex_attention has no dropout: with --attention-dropout pick --attention sdpa or eager "
             "(or --packing off, which keeps the model's own attention)"
         )
+    if cfg.sampling not in ("auto", "random", "length"):
+        raise ThinkRecError(f"sampling={cfg.sampling!r}: use auto, random or length")
+    # alike lengths save padding, which packed rows do not have; on a GPU, bf16 batches of only the
+    # shortest samples went NaN in 160 steps
+    by_length = cfg.sampling == "length" or (cfg.sampling == "auto" and not (gpu or packing))
     workers = cfg.dataloader_workers
     if workers < 0:
         workers = min(4, (os.cpu_count() or 2) // 4) if gpu else 0
@@ -123,6 +130,7 @@ def plan(cfg: TrainConfig, model) -> Speed:
         compile=cfg.compile and gpu,
         workers=workers,
         bf16=use_bf16(cfg.bf16, cfg.cpu_bf16),
+        sampling="group_by_length" if by_length else "random",
         original_attention=getattr(text_config(base_model(model)), "_attn_implementation", None) or "sdpa",
     )
 

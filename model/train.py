@@ -227,10 +227,7 @@ def build_trainer(
         save_total_limit=2,
         bf16=speed.bf16,
         use_cpu=not gpu,  # transformers allows bf16 on CPU only when told it is one
-        # left-padded batches of alike lengths: a short alignment sample padded to a long
-        # behaviour one costs as much as the long one (packed rows have no padding to save)
-        # (CPU only: on a GPU, bf16 batches of only the shortest samples went NaN in 160 steps)
-        train_sampling_strategy="group_by_length" if not (gpu or speed.packing) else "random",
+        train_sampling_strategy=speed.sampling,
         seed=cfg.seed,
         report_to="none",
         remove_unused_columns=False,

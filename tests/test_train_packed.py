@@ -135,6 +135,12 @@ def test_cpu_keeps_left_padding_by_default_and_bad_values_are_named():
     assert not speed.bf16 and plan(TrainConfig(cpu_bf16=True), tiny_model()).bf16 == cpu_has_bf16()
     with pytest.raises(ThinkRecError, match="packing"):
         plan(TrainConfig(packing="yes"), tiny_model())
+    # batches of alike lengths on CPU unless asked; packed rows are always drawn at random
+    assert speed.sampling == "group_by_length"
+    assert plan(TrainConfig(sampling="random"), tiny_model()).sampling == "random"
+    assert plan(TrainConfig(packing="on"), tiny_model()).sampling == "random"
+    with pytest.raises(ThinkRecError, match="sampling"):
+        plan(TrainConfig(sampling="sorted"), tiny_model())
 
 
 def test_gradient_accumulation_on_packed_rows_matches_one_pack_per_step(tmp_path):

@@ -161,6 +161,13 @@ class TrainConfig:
         default="auto",
         metadata={"help": "padding-free rows (model.packing): auto (on a GPU; CPU keeps left padding) | on | off"},
     )
+    sampling: str = field(
+        default="auto",
+        metadata={
+            "help": "batch order: random | length (left-padded batches of alike lengths, less padding but one "
+            "task per batch) | auto (length on CPU without packing, else random)"
+        },
+    )
     batch_tokens: int = field(
         default=0,
         metadata={"help": "tokens per packed row; 0 = fit to the model and memory on a GPU, batch_size samples on CPU"},
@@ -320,7 +327,17 @@ class ServeConfig:
     )
     block_size: int = field(
         default=32,
-        metadata={"help": "KV block in tokens: prefix-cache hits land on its multiples (CPU takes multiples of 32)"},
+        metadata={
+            "help": "KV block in tokens: prefix-cache hits land on its multiples (CPU takes multiples of 32); search "
+            "prompts are whole 32-token blocks (tokenizer_ext.prompt_block), so 32 lets every branch reuse all of it"
+        },
+    )
+    align_prompts: bool = field(
+        default=True,
+        metadata={
+            "help": "start /thinkrec search prompts with the fillers that make them whole 32-token blocks, as eval "
+            "and training do; off: no fillers, so each search request recomputes the prompt's last partial block"
+        },
     )
     max_restarts: int = field(
         default=5, metadata={"help": "restarts of a dead engine within 10 minutes before `thinkrec serve` gives up"}
