@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from tokenizer_ext.prompt_block import fill_count, filler_id
+from tokenizer_ext.sid import SID_BEGIN
+
 IGNORE = -100
 
 
@@ -22,9 +25,12 @@ def encode_chat(tok, messages: list[dict], max_length: int, prompt_label_ids: se
     if not full.startswith(prompt):
         raise ValueError("chat template renders the prompt differently inside the full chat")
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    a_ids = tok(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    answer = full[len(prompt) :]
+    a_ids = tok(answer, add_special_tokens=False)["input_ids"]
     if len(a_ids) >= max_length:
         raise ValueError(f"answer of {len(a_ids)} tokens does not fit max_length={max_length}")
+    if SID_BEGIN in answer:  # prompts of a SID search start with fillers at inference (tokenizer_ext.prompt_block)
+        p_ids = [filler_id(tok)] * fill_count(len(p_ids) + 1) + p_ids
     p_ids = p_ids[-(max_length - len(a_ids)) :]  # drop the oldest prompt tokens if too long
     p_labels = [t if prompt_label_ids and t in prompt_label_ids else IGNORE for t in p_ids]
     return {"input_ids": p_ids + a_ids, "labels": p_labels + a_ids}

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from model.fastpath import base_model, text_config
+from tokenizer_ext.prompt_block import block_aligned
 from tokenizer_ext.sid import SID_BEGIN, TokenTrie, prefix_counts
 
 
@@ -29,8 +30,10 @@ class BeamOutput:
 
 def generation_prompt(tok, messages: list[dict], answer_prefix: str = "") -> str:
     """The chat prompt, opened at the assistant turn with <|sid_begin|>: the answer is a SID.
-    `answer_prefix` goes before it (e.g. a rationale the model wrote first)."""
-    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + answer_prefix + SID_BEGIN
+    `answer_prefix` goes before it (e.g. a rationale the model wrote first). Leading fillers make
+    it whole KV blocks, as the served search's prompt is (tokenizer_ext.prompt_block)."""
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + answer_prefix + SID_BEGIN
+    return block_aligned(tok, text)
 
 
 def _allowed_mask(

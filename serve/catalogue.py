@@ -13,6 +13,7 @@ from sft_data.prompts import chat_messages, item_description
 from thinkrec.data import Dataset, load_prepared
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
+from tokenizer_ext.prompt_block import block_aligned
 from tokenizer_ext.sid import SID_BEGIN, SIDIndex, find_sids, parse_sid
 from tokenizer_ext.stage import load_index
 
@@ -27,6 +28,7 @@ class Catalogue:
     index: SIDIndex
     model_dir: Path
     history_len: int
+    align_prompts: bool = True  # search prompts in whole KV blocks (tokenizer_ext.prompt_block)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, model_dir: str | Path | None = None) -> Catalogue:
@@ -88,9 +90,11 @@ class Catalogue:
             raise ThinkRecError(str(e)) from None
 
     def sid_prompt(self, messages: list[dict], prefix_text: str = "") -> str:
-        """Prompt text that opens the assistant turn (plus `prefix_text`) with <|sid_begin|>."""
+        """Prompt text that opens the assistant turn (plus `prefix_text`) with <|sid_begin|>, in whole
+        KV blocks: each branch of the search then computes only its own code tokens."""
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return text + prefix_text + SID_BEGIN
+        text += prefix_text + SID_BEGIN
+        return block_aligned(self.tokenizer, text) if self.align_prompts else text
 
     def describe(self, idx: int) -> str:
         return item_description(self.ds, idx)
@@ -101,4 +105,6 @@ def server_catalogue() -> Catalogue:
     run_dir = os.environ.get("THINKREC_RUN_DIR")
     if not run_dir:
         raise ThinkRecError("THINKREC_RUN_DIR is not set; start the server with `thinkrec serve RUN_DIR`")
-    return Catalogue.from_run(run_dir, os.environ.get("THINKREC_MODEL_DIR") or None)
+    cat = Catalogue.from_run(run_dir, os.environ.get("THINKREC_MODEL_DIR") or None)
+    cat.align_prompts = os.environ.get("THINKREC_ALIGN_PROMPTS", "1") != "0"
+    return cat

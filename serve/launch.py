@@ -90,6 +90,7 @@ def server_command(run_dir: str | Path, cfg: ServeConfig, extra: list[str] | Non
         THINKREC_MODEL_NAME=MODEL_NAME,
         THINKREC_NUM_BEAMS=str(cfg.num_beams),
         THINKREC_FLAT_SEARCHES=str(cfg.flat_searches),
+        THINKREC_ALIGN_PROMPTS="1" if cfg.align_prompts else "0",
         VLLM_CPU_KVCACHE_SPACE=str(cfg.kv_cache_gib),
     )
     env.pop("VLLM_API_KEY", None)

@@ -24,6 +24,7 @@ from PIL import Image
 from model.vision import PROJECTOR_FILE, VISION_FILE, Projector
 from serve.engine import Pictures
 from serve.images import ImageError
+from tokenizer_ext.prompt_block import block_aligned
 from tokenizer_ext.sid import SID_BEGIN
 
 
@@ -107,7 +108,7 @@ def picture_prompt(
     from model.vision_train import picture_turn
 
     text = tokenizer.apply_chat_template([picture_turn(words, reader.grid)], add_generation_prompt=True, tokenize=False)
-    ids = tokenizer(text + SID_BEGIN, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(block_aligned(tokenizer, text + SID_BEGIN), add_special_tokens=False)["input_ids"]
     slot = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     is_token = [t != slot for t in ids]
     rows = reader.embeds(image).to(dtype)

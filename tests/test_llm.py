@@ -9,6 +9,7 @@ from model.collate import IGNORE, LeftPadCollator, answer_loss, encode_chat
 from ranking.generate import beam_recommend, generation_prompt
 from sft_data.prompts import behaviour_prompt
 from thinkrec.data import load_prepared
+from tokenizer_ext.prompt_block import PROMPT_BLOCK, filler_id
 from tokenizer_ext.sid import SID_BEGIN, TokenTrie, code_token
 from tokenizer_ext.stage import load_index
 
@@ -65,6 +66,23 @@ def test_labels_and_truncated_logits_give_the_full_loss(extended, history_loss):
         fast = answer_loss(model, batch)
         full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
     assert torch.allclose(fast, full, atol=1e-4)
+
+
+def test_search_prompts_fill_whole_kv_blocks_with_the_fillers_training_puts_before_them(extended):
+    *_, tok, model, ds, index = extended
+    for u in ds.users[:4]:
+        msgs = behaviour_prompt(ds, index, u.history_for("test"))
+        ids = tok(generation_prompt(tok, msgs), add_special_tokens=False)["input_ids"]
+        plain = tok(
+            tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + SID_BEGIN,
+            add_special_tokens=False,
+        )["input_ids"]
+        fillers = len(ids) - len(plain)
+        assert len(ids) % PROMPT_BLOCK == 0 and 0 <= fillers < PROMPT_BLOCK
+        assert ids[fillers:] == plain and ids[:fillers] == [filler_id(tok)] * fillers
+        # a training sample of the same prompt starts with the same tokens, fillers included
+        row = encode_chat(tok, msgs + [{"role": "assistant", "content": index.sid(0)}], max_length=1024)
+        assert row["input_ids"][: len(ids)] == ids
 
 
 def test_trie_beam_search_matches_hf_constrained_beam_search(extended):
