@@ -116,8 +116,9 @@ def plan(cfg: TrainConfig, model) -> Speed:
         )
     if cfg.sampling not in ("auto", "random", "length"):
         raise ThinkRecError(f"sampling={cfg.sampling!r}: use auto, random or length")
-    # alike lengths save padding, which packed rows do not have; on a GPU, bf16 batches of only the
-    # shortest samples went NaN in 160 steps
+    if cfg.sampling == "length" and packing:
+        raise ThinkRecError("--sampling length groups padded batches: packed rows have no padding (--packing off)")
+    # alike lengths save padding; on a GPU, bf16 batches of only the shortest samples went NaN in 160 steps
     by_length = cfg.sampling == "length" or (cfg.sampling == "auto" and not (gpu or packing))
     workers = cfg.dataloader_workers
     if workers < 0:

@@ -141,6 +141,8 @@ def test_cpu_keeps_left_padding_by_default_and_bad_values_are_named():
     assert plan(TrainConfig(packing="on"), tiny_model()).sampling == "random"
     with pytest.raises(ThinkRecError, match="sampling"):
         plan(TrainConfig(sampling="sorted"), tiny_model())
+    with pytest.raises(ThinkRecError, match="packing off"):
+        plan(TrainConfig(sampling="length", packing="on"), tiny_model())
 
 
 def test_gradient_accumulation_on_packed_rows_matches_one_pack_per_step(tmp_path):
