@@ -25,10 +25,19 @@ K = 5
 
 @torch.no_grad()
 def rank_pictures(
-    vlm, tok, trie: TokenTrie, features: torch.Tensor, prompt: str, grid: int, beams: int, batch: int = 32
+    vlm,
+    tok,
+    trie: TokenTrie,
+    features: torch.Tensor,
+    prompt: str,
+    grid: int,
+    beams: int,
+    batch: int = 32,
+    aligned: bool = True,
 ):
-    """Per picture, the catalogue items of the constrained beam search, best first."""
-    text = generation_prompt(tok, [picture_turn(prompt, grid)])
+    """Per picture, the catalogue items of the constrained beam search, best first. `aligned`: the
+    search's prompt in whole KV blocks (the ThinkRec search's), else as /v1/chat/completions reads it."""
+    text = generation_prompt(tok, [picture_turn(prompt, grid)], aligned=aligned)
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
     ranked = []
     for start in range(0, len(features), batch):
@@ -46,13 +55,13 @@ def rank_pictures(
     return ranked
 
 
-def rank_picture_files(cat, paths: list, beams: int) -> list[list[int]]:
+def rank_picture_files(cat, paths: list, beams: int, aligned: bool = True) -> list[list[int]]:
     """Per picture file, the catalogue items (indices) the served model of `cat` ranks for it: the
     VisionLM in HF, fp32, and the trie beam search of `beams` beams."""
     tok, vlm, meta = load_vision_model(cat.model_dir)
     feats = encode_pictures(list(paths), meta["grid"])
     prompt = meta.get("prompt", VisionConfig.prompt)
-    return rank_pictures(vlm, tok, TokenTrie(cat.index, tok), feats, prompt, meta["grid"], beams)
+    return rank_pictures(vlm, tok, TokenTrie(cat.index, tok), feats, prompt, meta["grid"], beams, aligned=aligned)
 
 
 def run_image_eval(cfg: VisionConfig, run: RunDir) -> dict:
@@ -117,15 +126,16 @@ def format_image_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def beam_pictures(run: RunDir, paths: list, beams: int) -> list[list[str]]:
+def beam_pictures(run: RunDir, paths: list, beams: int, aligned: bool = True) -> list[list[str]]:
     """The item ids the served model ranks for each picture file (rank_picture_files): the reference
     the served answers are checked against."""
     from serve.catalogue import Catalogue
 
     cat = Catalogue.from_run(run.path)
-    return [[cat.ds.items[i].item_id for i in r] for r in rank_picture_files(cat, paths, beams)]
+    return [[cat.ds.items[i].item_id for i in r] for r in rank_picture_files(cat, paths, beams, aligned)]
 
 
 def greedy_pictures(run: RunDir, paths: list) -> list[str]:
-    """The item the served model names first for each picture (a one-beam search: trie-constrained greedy)."""
-    return [r[0] for r in beam_pictures(run, paths, beams=1)]
+    """The item the served model names first for each picture (a one-beam search: trie-constrained
+    greedy) on the prompt /v1/chat/completions builds, which has no KV-block fillers."""
+    return [r[0] for r in beam_pictures(run, paths, beams=1, aligned=False)]

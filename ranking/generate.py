@@ -28,12 +28,13 @@ class BeamOutput:
     total: int  # beams returned
 
 
-def generation_prompt(tok, messages: list[dict], answer_prefix: str = "") -> str:
+def generation_prompt(tok, messages: list[dict], answer_prefix: str = "", aligned: bool = True) -> str:
     """The chat prompt, opened at the assistant turn with <|sid_begin|>: the answer is a SID.
     `answer_prefix` goes before it (e.g. a rationale the model wrote first). Leading fillers make
-    it whole KV blocks, as the served search's prompt is (tokenizer_ext.prompt_block)."""
+    it whole KV blocks, as the served search's prompt is (tokenizer_ext.prompt_block); `aligned=False`
+    leaves them out, as vLLM's own /v1 chat prompt does."""
     text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + answer_prefix + SID_BEGIN
-    return block_aligned(tok, text)
+    return block_aligned(tok, text) if aligned else text
 
 
 def _allowed_mask(
