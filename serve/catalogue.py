@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
+from ranking.generate import generation_prompt
 from rl.served import served_model_dir
 from sft_data.prompts import chat_messages, item_description
 from thinkrec.data import Dataset, load_prepared
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
-from tokenizer_ext.prompt_block import block_aligned
-from tokenizer_ext.sid import SID_BEGIN, SIDIndex, find_sids, parse_sid
+from tokenizer_ext.sid import SIDIndex, find_sids, parse_sid
 from tokenizer_ext.stage import load_index
 
 # a SID-looking span, complete or not, so that malformed ones are caught too
@@ -92,9 +92,7 @@ class Catalogue:
     def sid_prompt(self, messages: list[dict], prefix_text: str = "") -> str:
         """Prompt text that opens the assistant turn (plus `prefix_text`) with <|sid_begin|>, in whole
         KV blocks: each branch of the search then computes only its own code tokens."""
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        text += prefix_text + SID_BEGIN
-        return block_aligned(self.tokenizer, text) if self.align_prompts else text
+        return generation_prompt(self.tokenizer, messages, prefix_text, aligned=self.align_prompts)
 
     def describe(self, idx: int) -> str:
         return item_description(self.ds, idx)
