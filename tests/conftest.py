@@ -3,6 +3,9 @@ expensive part, and several tests read the same one."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from thinkrec.config import DataConfig
@@ -60,3 +63,51 @@ def trained_run(tokenized_run):
     cfg = TrainConfig(max_steps=TEST_TRAIN_STEPS, save_steps=100, cpu_bf16=True, sampling="random")
     summary = run_train(cfg, run)
     return run, summary
+
+
+# --- the suite's time budget -------------------------------------------------------------------------
+# Each test module's share of a full run's time (setup, call and teardown of its tests; a shared
+# fixture counts where it is first built) is held to tests/time_budget.json, so the next slow test
+# fails the suite here instead of pushing CI past its limit. Shares, not seconds: they hold across
+# machines. Only a run of the whole suite is checked; `pytest -m "not slow"` and single files are not.
+BUDGET_FILE = Path(__file__).with_name("time_budget.json")
+_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    module = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    _seconds[module] = _seconds.get(module, 0.0) + report.duration
+
+
+def over_budget(seconds: dict[str, float], budget: dict) -> list[str]:
+    """Modules whose share of the run is past their budgeted share (with the file's slack), and
+    modules that have no budget yet."""
+    total = sum(seconds.values()) or 1.0
+    shares = budget["modules"]
+    problems = [f"{m} has no entry in {BUDGET_FILE.name}" for m in sorted(seconds) if m not in shares]
+    for module, secs in sorted(seconds.items()):
+        allowed = shares.get(module)
+        if allowed is not None and secs / total > allowed * budget["slack"] + budget["noise"]:
+            problems.append(f"{module} took {secs / total:.1%} of the run ({secs:.0f} s); its budget is {allowed:.1%}")
+    return problems
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    opt = session.config.option
+    whole = not opt.markexpr and not opt.keyword and session.testscollected >= 100 and not session.testsfailed
+    if not whole or not _seconds:
+        return
+    budget = json.loads(BUDGET_FILE.read_text())
+    total = sum(_seconds.values())
+    lines = [f"time per test module (whole run {total / 60:.1f} min):"]
+    for module, secs in sorted(_seconds.items(), key=lambda kv: -kv[1]):
+        share = budget["modules"].get(module)
+        lines.append(
+            f"  {module:32s} {secs:7.0f} s  {secs / total:6.1%}  budget {share if share is None else f'{share:.1%}'}"
+        )
+    problems = over_budget(_seconds, budget)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in lines + [f"OVER BUDGET: {p}" for p in problems]:
+        reporter.write_line(line) if reporter else print(line)
+    if problems and budget["measured"] != "estimate":  # an estimate only warns until a run has measured it
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -7,7 +7,19 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["thinkrec", "seqrec", "backbone", "tokenizer_ext", "sft_data", "model", "ranking", "rl", "serve", "eval"]
+LAYERS = [
+    "thinkrec",
+    "seqrec",
+    "backbone",
+    "tokenizer_ext",
+    "sft_data",
+    "model",
+    "ranking",
+    "rl",
+    "serve",
+    "eval",
+    "benchmarks",
+]
 IMPORT = re.compile(r"^\s*(?:from|import)\s+(\w+)", re.MULTILINE)
 
 

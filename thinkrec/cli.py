@@ -10,6 +10,7 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from thinkrec.config import (
@@ -88,7 +89,7 @@ DEMO_CURRICULUM: list[tuple[str, dict[str, Any]]] = [
     ("qa-eval", {"qa_models": "sft_align,sft"}),
 ]
 HELP = {
-    "data": "load MovieLens-100K, k-core filter, leave-last-out split",
+    "data": "read a data set (a shipped one or a YAML config over your files), k-core filter, leave-last-out split",
     "tokenize": "item embeddings -> RQ-Kmeans SIDs -> SID index, trie, extended LLM",
     "sft-data": "build a training mixture: behaviour, item alignment, user-QA, video-QA, reasoning",
     "train": "SFT the extended LLM (LoRA or full), with checkpoints and resume",
@@ -152,6 +153,18 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--model-dir", default="", help="evaluate this HF folder instead of the run's trained model"
             )
+        if name == "data":
+            sp.add_argument(
+                "--check",
+                action="store_true",
+                help="read the data set, print its statistics and problems, and write nothing",
+            )
+            sp.add_argument(
+                "--export-recbole",
+                default="",
+                metavar="DIR",
+                help="also write the filtered data set as RecBole atomic files into DIR (for RecBole's baselines)",
+            )
     sp = sub.add_parser("serve", help=HELP["serve"], description=HELP["serve"])
     sp.add_argument("run_dir", nargs="?", default="runs/demo", help="run directory (default: runs/demo)")
     _add_flags(sp, ServeConfig, set())
@@ -174,7 +187,16 @@ def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
     t = time.time()
     print(f"== {name} ==", flush=True)
     if name == "data":
-        print(json.dumps(prepare(_build(DataConfig, args), run).stats(), indent=2))
+        from thinkrec.data.stage import check, export_recbole
+
+        cfg = _build(DataConfig, args)
+        if getattr(args, "check", False):
+            print(check(cfg))
+            return
+        print(json.dumps(prepare(cfg, run).stats(), indent=2))
+        if getattr(args, "export_recbole", ""):
+            for path in export_recbole(cfg, Path(args.export_recbole)):
+                print(f"wrote {path}")
     elif name == "tokenize":
         print(format_report(run_tokenize(_build(TokenizerConfig, args), _build(ModelConfig, args), run)))
     elif name == "sft-data":

@@ -11,15 +11,18 @@ class DataConfig:
     dataset: str = field(
         default="ml-100k",
         metadata={
-            "help": "ml-100k (MovieLens-100K: users, movies, ratings) | digits (scikit-learn's 8x8 digit images as "
-            "an image catalogue, no users: see thinkrec/data/digits.py)"
+            "help": "a data set config (.yaml over your own files: docs/own_data.md) or a shipped one: ml-100k "
+            "(MovieLens-100K: users, movies, ratings) | digits (scikit-learn's 8x8 digit images as an image "
+            "catalogue, no users: see thinkrec/data/digits.py)"
         },
     )
     data_dir: str = field(
         default="",
-        metadata={"help": "folder with ml-100k.{inter,item,user}; empty = the copy shipped in the recbole wheel"},
+        metadata={"help": "folder the config's files are read from, instead of its files.root"},
     )
-    min_core: int = field(default=5, metadata={"help": "k-core filter on users and items"})
+    min_core: int = field(
+        default=0, metadata={"help": "k-core filter on users and items; 0 = the config's filter (5 for ml-100k)"}
+    )
     max_users: int = field(default=0, metadata={"help": "keep only the first N users (by id) for quick runs; 0 = all"})
     query_share: float = field(
         default=0.2, metadata={"help": "digits: share of the images held out as query pictures (not items)"}

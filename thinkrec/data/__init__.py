@@ -1,5 +1,6 @@
-"""Raw data: the public catalogue and interaction log, filtered and split."""
+"""Raw data: a data set's files, read through its config, filtered and split."""
 
-from thinkrec.data.movielens import Dataset, Item, User, load_dataset, load_prepared, prepare
+from thinkrec.data.records import Dataset, Item, User
+from thinkrec.data.stage import load_dataset, load_prepared, prepare
 
 __all__ = ["Dataset", "Item", "User", "load_dataset", "load_prepared", "prepare"]

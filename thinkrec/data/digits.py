@@ -16,7 +16,7 @@ import json
 import numpy as np
 
 from thinkrec.config import DataConfig
-from thinkrec.data.movielens import Dataset, Item
+from thinkrec.data.records import Dataset, Item
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
 
