@@ -47,6 +47,9 @@ SETTINGS: dict[str, Setting] = {
     "lora60_lr3e-3_qa25": _lora(60, 3e-3, 25, 3e-3),
     "lora80_lr3e-3_qa30": _lora(80, 3e-3, 30, 3e-3),
     "lora50_lr4e-3_qa25": _lora(50, 4e-3, 25, 3e-3),
+    "lora80_lr2e-3_qa40": _lora(80, 2e-3, 40, 2e-3),
+    "lora100_lr2e-3_qa30": _lora(100, 2e-3, 30, 3e-3),
+    "lora60_lr2e-3_qa40": _lora(60, 2e-3, 40, 2e-3),
     "full60_lr5e-4": Setting(train={"max_steps": 60, "lora": False, "learning_rate": 5e-4}),
     "smoke": _lora(2, 1e-3, 1),  # the script's own check
 }
