@@ -19,7 +19,8 @@ def ml100k() -> Dataset:
 
 @pytest.fixture(scope="session")
 def tokenized_run(tmp_path_factory):
-    """A run directory through `data` and `tokenize` on the full MovieLens-100K catalogue."""
+    """A run directory through `data` and `tokenize` on the full MovieLens-100K catalogue, with the
+    best recipe's collaborative-first SIDs (--collab-weight 2): the fixture learns faster on them."""
     from thinkrec.config import ModelConfig, TokenizerConfig
     from thinkrec.data import prepare
     from thinkrec.rundir import RunDir
@@ -27,7 +28,7 @@ def tokenized_run(tmp_path_factory):
 
     run = RunDir(tmp_path_factory.mktemp("run"))
     prepare(DataConfig(), run)
-    report = run_tokenize(TokenizerConfig(), ModelConfig(), run)
+    report = run_tokenize(TokenizerConfig(collab_weight=2.0), ModelConfig(), run)
     return run, report
 
 
@@ -41,12 +42,14 @@ def data(tokenized_run):
     return load_prepared(run), load_index(run)
 
 
-# The size CI trains at: enough for the fine-tuned LLM to beat the popularity baseline on the
-# held-out test items of the evaluated users (tests/test_pipeline.py), small enough for 2 cores.
-# Batches are drawn at random, as on a GPU: the CPU's default groups samples of alike length, which
-# saves padding but makes each batch one task, and learns far less a step (150 such steps reached
-# Recall@10 0.063 against popularity's 0.087 on a 2-core AVX2 machine, 150 random ones 0.093-0.110).
-TEST_TRAIN_STEPS = 200
+# The size CI trains at. Beating popularity on the held-out test items takes about 200 LoRA steps
+# (every seed of eval/results/test_fixture_sizes_gpu.json's sweeps; 23 minutes on 2 AVX2 cores), which
+# CI cannot afford beside everything else; 100 steps at twice the rate reach 0.96-1.27x popularity's
+# Recall@10 and 1.0-1.28x its NDCG@10 over three seeds, so tests/test_pipeline.py asserts 0.8x here and
+# the full claim is measured by benchmarks/fixture_sizes.py. Batches are drawn at random, as on a GPU:
+# batches grouped by length hold one task each and learn far less a step.
+TEST_TRAIN_STEPS = 100
+TEST_LEARNING_RATE = 2e-3
 TEST_EVAL_USERS = 300
 
 
@@ -60,7 +63,13 @@ def trained_run(tokenized_run):
     run, _ = tokenized_run
     run_sft_data(SFTDataConfig(), run)
     # bf16 on a CPU that has it: the suite's training in two thirds of the fp32 time
-    cfg = TrainConfig(max_steps=TEST_TRAIN_STEPS, save_steps=100, cpu_bf16=True, sampling="random")
+    cfg = TrainConfig(
+        max_steps=TEST_TRAIN_STEPS,
+        learning_rate=TEST_LEARNING_RATE,
+        save_steps=TEST_TRAIN_STEPS // 2,
+        cpu_bf16=True,
+        sampling="random",
+    )
     summary = run_train(cfg, run)
     return run, summary
 
