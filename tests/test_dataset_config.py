@@ -183,3 +183,29 @@ def test_undecodable_bytes_are_named_and_unknown_items_can_be_dropped(tmp_path):
         load_dataset(DataConfig(dataset=config))
     with pytest.raises(ThinkRecError, match="does not exist"):
         load_dataset(DataConfig(dataset=str(tmp_path / "nope.yaml")))
+
+
+def test_the_synthetic_shop_is_seeded_and_has_its_planted_structure(tmp_path):
+    from thinkrec.data.synthetic_shop import write_shop
+
+    config = write_shop(tmp_path / "a", users=300, items=200, seed=3)
+    again = write_shop(tmp_path / "b", users=300, items=200, seed=3)
+    assert (tmp_path / "a" / "events.csv").read_bytes() == (tmp_path / "b" / "events.csv").read_bytes()
+    assert config.read_text() == again.read_text()
+    ds = load_dataset(DataConfig(dataset=str(config)))
+    assert len(ds.users) == 300 and {r for u in ds.users for r in u.ratings} == {1.0, 2.0, 3.0}
+    counts = pd.Series([i for u in ds.users for i in u.items]).value_counts()
+    assert counts.iloc[: len(ds.items) // 10].sum() > 0.3 * counts.sum()  # a power law, not uniform
+    # most of a user's events fall in one category
+    modal = [pd.Series([ds.items[i].attributes["category"] for i in u.items]).value_counts().iloc[0] / len(u.items)
+             for u in ds.users]  # fmt: skip
+    assert sum(modal) / len(modal) > 0.5
+    # after part p of a series, part p + 1 comes next more often than not
+    part = {it.idx: (it.attributes["series"], int(it.title.split("part ")[1].split()[0]))
+            for it in ds.items if it.attributes["series"]}  # fmt: skip
+    last = {s: max(p for s2, p in part.values() if s2 == s) for s, _ in part.values()}
+    pairs = [(a, b) for u in ds.users for a, b in zip(u.items, u.items[1:], strict=False)
+             if a in part and part[a][1] < last[part[a][0]]]  # fmt: skip
+    follows = sum(part.get(b) == (part[a][0], part[a][1] + 1) for a, b in pairs)
+    assert pairs and follows > 0.5 * len(pairs)
+    assert ds.items[0].text().endswith(f"Price: ${ds.items[0].attributes['price']:g}.")
