@@ -183,14 +183,17 @@ def _items(schema: DatasetSchema, meta: pd.DataFrame | None, item_ids: list[str]
     its = schema.items
     primary, timed = schema.primary(), schema.time_attribute()
     word = (primary[1].word or primary[0]) if primary else ""
-    rows = meta.reindex(item_ids) if meta is not None else None
+    n = len(item_ids)
+    # plain column lists: a pandas row lookup per item would take a minute at 10^6 items
+    rows = meta.reindex(item_ids) if meta is not None else pd.DataFrame(index=item_ids)
+    known = rows[its.id].notna().tolist() if meta is not None else [False] * n
+    column = {c: rows[c].tolist() if meta is not None else [""] * n for c in {its.title, *_fields(schema)} if c}
     items = []
     for idx, iid in enumerate(item_ids):
-        row = rows.iloc[idx] if rows is not None else None
-        known = row is not None and isinstance(row[its.id], str)
-        title = (str(row[its.title]).strip() if known and its.title else "") or (iid if known else f"item {iid}")
-        attrs = {n: _attribute(a, str(row[a.field])) for n, a in its.attributes.items()} if known else {}
-        year = str(row[timed[1].field]).strip() if known and timed else ""
+        ok = known[idx]
+        title = (str(column[its.title][idx]).strip() if ok and its.title else "") or (iid if ok else f"item {iid}")
+        attrs = {name: _attribute(a, str(column[a.field][idx])) for name, a in its.attributes.items()} if ok else {}
+        year = str(column[timed[1].field][idx]).strip() if ok and timed else ""
         genres = attrs.get(primary[0]) if primary else None
         genres = [] if not genres else (genres if isinstance(genres, list) else [genres])
         content = _content(its.text, title, year, word, genres, attrs, f"item {iid}")
@@ -198,6 +201,10 @@ def _items(schema: DatasetSchema, meta: pd.DataFrame | None, item_ids: list[str]
             Item(idx=idx, item_id=iid, title=title, year=year, genres=genres, attributes=attrs, content=content)
         )
     return items
+
+
+def _fields(schema: DatasetSchema) -> list[str]:
+    return [a.field for a in schema.items.attributes.values()]
 
 
 def _content(template: str, title: str, year: str, word: str, primary: list[str], attrs: dict, where: str) -> str:
