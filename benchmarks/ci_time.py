@@ -19,7 +19,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-MODULE_LINE = re.compile(r"^\s+(test_\w+\.py)\s+(\d+) s\s")
+MODULE_LINE = re.compile(r"^\s+(test_\w+\.py)\s+([\d.]+) s\s")
 
 
 def machine() -> str:
@@ -49,15 +49,17 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         subprocess.run(["git", "clone", "-q", "--branch", args.branch, str(repo), str(clone)], check=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "THINKREC_"))}
-        proc = subprocess.run(["bash", ".ci/run"], cwd=clone, env=env, capture_output=True, text=True)
+        proc = subprocess.run(["bash", ".ci/run"], cwd=clone, env=env, capture_output=True, text=True, errors="replace")
         wall = time.time() - start
     output = proc.stdout + proc.stderr
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     log_path.write_text(output)
     setup = re.search(r"set-up took (\d+) s", output)
-    passed = re.search(r"(\d+) passed", output)
-    failed = re.search(r"(\d+) failed", output)
-    modules = {m.group(1): int(m.group(2)) for line in output.splitlines() if (m := MODULE_LINE.match(line))}
+    summary = next((line for line in reversed(output.splitlines()) if re.match(r"^=+ .* in [\d.]+s", line)), "")
+    passed = re.search(r"(\d+) passed", summary)
+    failed = re.search(r"(\d+) (?:failed|error)", summary)
+    modules = {m.group(1): float(m.group(2)) for line in output.splitlines() if (m := MODULE_LINE.match(line))}
     result = {
         "date": date.today().isoformat(),
         "machine": machine(),

@@ -103,17 +103,17 @@ def over_budget(seconds: dict[str, float], budget: dict) -> list[str]:
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     opt = session.config.option
-    whole = not opt.markexpr and not opt.keyword and session.testscollected >= 100 and not session.testsfailed
-    if not whole or not _seconds:
-        return
     budget = json.loads(BUDGET_FILE.read_text())
+    # a whole run: no selection, every budgeted module ran, nothing failed or was interrupted
+    whole = not opt.markexpr and not opt.keyword and set(budget["modules"]) <= set(_seconds)
+    if not whole or exitstatus != 0 or session.testsfailed:
+        return
     total = sum(_seconds.values())
     lines = [f"time per test module (whole run {total / 60:.1f} min):"]
     for module, secs in sorted(_seconds.items(), key=lambda kv: -kv[1]):
         share = budget["modules"].get(module)
-        lines.append(
-            f"  {module:32s} {secs:7.0f} s  {secs / total:6.1%}  budget {share if share is None else f'{share:.1%}'}"
-        )
+        shown = "none" if share is None else f"{share:.1%}"
+        lines.append(f"  {module:32s} {secs:7.1f} s  {secs / total:6.1%}  budget {shown}")
     problems = over_budget(_seconds, budget)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     for line in lines + [f"OVER BUDGET: {p}" for p in problems]:

@@ -209,3 +209,39 @@ def test_the_synthetic_shop_is_seeded_and_has_its_planted_structure(tmp_path):
     follows = sum(part.get(b) == (part[a][0], part[a][1] + 1) for a, b in pairs)
     assert pairs and follows > 0.5 * len(pairs)
     assert ds.items[0].text().endswith(f"Price: ${ds.items[0].attributes['price']:g}.")
+
+
+def test_jsonl_numbers_blank_lines_repeats_and_unknown_items_read_as_written(tmp_path):
+    from thinkrec.data.synthetic_shop import write_shop
+
+    (tmp_path / "log.csv").write_text("user,sku,ts\nu1,7,30\n\nu1,8,20\nu1,9,10\nu1,7,5\nu1,5,40\n")
+    (tmp_path / "items.jsonl").write_text(
+        '{"sku": 7, "title": "Seven", "year": 1990.0, "tags": ["a", "b"]}\n'
+        '{"sku": 8, "title": null, "year": null, "tags": []}\n'
+        '{"sku": 9, "title": "Nine", "year": 2001, "tags": ["c"]}\n'
+    )
+    config = tmp_path / "c.yaml"
+    body = (
+        "name: t\nfiles: {inter: log.csv, item: items.jsonl}\ninteractions: {user: user, item: sku, time: ts}\n"
+        "filter: {user_min: 3, item_min: 1, dedup: first, on_missing_item: keep}\n"
+        "items: {id: sku, title: title, text: '{title}: {tags}', attributes: {tags: {field: tags, kind: list},"
+        " year: {field: year, kind: numeric, time: true}}}\n"
+    )
+    config.write_text(body)
+    ds = load_dataset(DataConfig(dataset=str(config)))
+    by_id = {it.item_id: it for it in ds.items}
+    assert by_id["7"].year == "1990" and by_id["7"].attributes["tags"] == ["a", "b"]
+    assert by_id["8"].title == "8" and by_id["8"].attributes["year"] is None  # null: not known, not "nan"
+    assert by_id["5"].title == "item 5" and by_id["5"].text() == "item 5: "  # kept unknown item, empty attributes
+    # dedup keeps the earliest 7 (ts 5), so the order is 7, 9, 8, 5
+    assert [ds.items[i].item_id for i in ds.users[0].items] == ["7", "9", "8", "5"]
+    (tmp_path / "log.csv").write_text("user,sku,ts\nu1,7,1\n\nu1,8,x\n")
+    with pytest.raises(ThinkRecError, match=r"log.csv line 4: time column"):  # the blank line counts
+        load_dataset(DataConfig(dataset=str(config)))
+    with pytest.raises(ThinkRecError, match="filter.user_min must be >= 3"):
+        load_dataset(DataConfig(dataset="ml-100k", min_core=2))
+    config.write_text(body.replace("item: items.jsonl}", "item: items.jsonl, user: u.csv}"))
+    with pytest.raises(ThinkRecError, match="files.user and users: go together"):
+        load_dataset(DataConfig(dataset=str(config)))
+    for seed in range(6):  # small catalogues: some categories have no items
+        write_shop(tmp_path / f"s{seed}", users=20, items=10, seed=seed)

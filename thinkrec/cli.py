@@ -187,9 +187,11 @@ def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
     t = time.time()
     print(f"== {name} ==", flush=True)
     if name == "data":
-        from thinkrec.data.stage import check, export_recbole
+        from thinkrec.data.stage import check, export_recbole, schema_for
 
         cfg = _build(DataConfig, args)
+        if getattr(args, "export_recbole", ""):
+            schema_for(cfg)  # a data set that cannot be exported is refused before anything is written
         if getattr(args, "check", False):
             print(check(cfg))
             return

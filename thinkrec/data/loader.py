@@ -19,12 +19,12 @@ from thinkrec.data.schema import Attribute, DatasetSchema
 from thinkrec.data.tables import LINE, numbers, read_table, require_columns
 from thinkrec.errors import ThinkRecError
 
-_CHUNK = re.compile(r"(\d+)")
+_CHUNK = re.compile(r"([0-9]+)")
 
 
 def natural_key(s: str) -> tuple:
     """Ids in human order: "u2" before "u10", "7" before "12"; the string itself breaks ties."""
-    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in _CHUNK.split(s) if p)
+    parts = tuple((0, int(p), "") if p.isdecimal() else (1, 0, p) for p in _CHUNK.split(s) if p)
     return (parts, s)
 
 
@@ -82,7 +82,9 @@ def load_from_schema(schema: DatasetSchema, max_users: int = 0) -> tuple[Dataset
 
     if schema.filter.dedup != "none":
         before = len(events)
-        events = events.drop_duplicates(["user", "item"], keep=schema.filter.dedup)
+        # first / last in time (equal times in file order), not in the file
+        events = events.sort_values(["user", "ts", "line"], kind="stable")
+        events = events.drop_duplicates(["user", "item"], keep=schema.filter.dedup).sort_values("line")
         report.duplicate_rows = before - len(events)
 
     if max_users > 0:
@@ -169,8 +171,11 @@ def _item_table(schema: DatasetSchema) -> pd.DataFrame:
     return df.set_index(its.id, drop=False)
 
 
-def _attribute(a: Attribute, raw: str) -> object:
-    raw = raw.strip()
+def _attribute(a: Attribute, raw: object) -> object:
+    if isinstance(raw, list):  # a JSONL array or a Parquet list
+        values = [str(v).strip() for v in raw if str(v).strip()]
+        return values if a.kind == "list" else a.sep.join(values)
+    raw = "" if raw is None else str(raw).strip()
     if a.kind == "list":
         parts = raw.split() if a.sep.strip() == "" else raw.split(a.sep)
         return [p.strip() for p in parts if p.strip()]
@@ -192,8 +197,11 @@ def _items(schema: DatasetSchema, meta: pd.DataFrame | None, item_ids: list[str]
     for idx, iid in enumerate(item_ids):
         ok = known[idx]
         title = (str(column[its.title][idx]).strip() if ok and its.title else "") or (iid if ok else f"item {iid}")
-        attrs = {name: _attribute(a, str(column[a.field][idx])) for name, a in its.attributes.items()} if ok else {}
-        year = str(column[timed[1].field][idx]).strip() if ok and timed else ""
+        attrs = {name: _attribute(a, column[a.field][idx]) if ok else None for name, a in its.attributes.items()}
+        year = ""
+        if ok and timed:  # the number as a number (1990, not 1990.0); a value the config calls unknown as written
+            value = attrs[timed[0]]
+            year = f"{value:g}" if isinstance(value, float) else str(column[timed[1].field][idx]).strip()
         genres = attrs.get(primary[0]) if primary else None
         genres = [] if not genres else (genres if isinstance(genres, list) else [genres])
         content = _content(its.text, title, year, word, genres, attrs, f"item {iid}")
@@ -210,13 +218,22 @@ def _fields(schema: DatasetSchema) -> list[str]:
 def _content(template: str, title: str, year: str, word: str, primary: list[str], attrs: dict, where: str) -> str:
     if not template:  # "<title> (<time>). <Word>s: <values>."
         text = f"{title} ({year})" if year else title
-        return f"{text}. {word.capitalize()}s: {', '.join(primary) or 'unknown'}." if word else f"{text}."
+        return f"{text}. {plural(word).capitalize()}: {', '.join(primary) or 'unknown'}." if word else f"{text}."
     values = {n: ", ".join(v) if isinstance(v, list) else ("" if v is None else f"{v:g}" if isinstance(v, float) else v)
               for n, v in attrs.items()}  # fmt: skip
     try:
         return template.format_map({**values, "title": title})
     except (KeyError, IndexError, ValueError) as e:
         raise ThinkRecError(f"items.text {template!r}: {e} is not an attribute ({where})") from None
+
+
+def plural(word: str) -> str:
+    """English plural of an attribute's word: genre -> genres, category -> categories, series -> series."""
+    if word.endswith(("s", "x", "ch", "sh")):
+        return word if word.endswith("ies") or word.endswith("series") else word + "es"
+    if word.endswith("y") and word[-2:-1] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
 
 
 def _users(schema: DatasetSchema, events: pd.DataFrame, idx_of: dict[str, int]) -> list[User]:

@@ -292,6 +292,8 @@ def validate(s: DatasetSchema, path: str) -> None:
         raise ThinkRecError(f"{path}: filter.user_min must be >= 3 (leave-last-out needs train, valid and test items)")
     if s.filter.item_min < 1:
         raise ThinkRecError(f"{path}: filter.item_min must be >= 1")
+    if bool(s.files.user) != (s.users is not None):
+        raise ThinkRecError(f"{path}: files.user and users: go together (the user table and its id column)")
     if s.items.attributes and not s.files.item:
         raise ThinkRecError(f"{path}: items.attributes need an item table (files.item)")
     for name, a in s.items.attributes.items():

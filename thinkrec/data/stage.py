@@ -5,6 +5,7 @@ data/schema.json, the resolved config that later stages and the server read from
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pandas as pd
 from thinkrec.config import DataConfig
 from thinkrec.data.loader import LoadReport, load_from_schema
 from thinkrec.data.records import Dataset, Item, User
-from thinkrec.data.schema import DatasetSchema, load_schema
+from thinkrec.data.schema import DatasetSchema, load_schema, validate
 from thinkrec.data.tables import write_atomic
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
@@ -24,11 +25,16 @@ SCHEMA_FILE = "schema.json"
 
 def schema_for(cfg: DataConfig) -> DatasetSchema:
     """The data set's config, with the command line's overrides (--data-dir, --min-core)."""
+    if cfg.dataset == "digits":
+        raise ThinkRecError(
+            "digits is an image catalogue without a config: --check and --export-recbole need a data set"
+        )
     schema = load_schema(cfg.dataset)
     if cfg.data_dir:
         schema.files.root = str(Path(cfg.data_dir).resolve())
     if cfg.min_core > 0:
         schema.filter.user_min = schema.filter.item_min = cfg.min_core
+        validate(schema, f"--min-core {cfg.min_core}")
     return schema
 
 
@@ -50,16 +56,25 @@ def prepare(cfg: DataConfig, run: RunDir) -> Dataset:
     else:
         schema = schema_for(cfg)
         ds, _ = load_from_schema(schema, cfg.max_users)
+    # written beside the run's data/ and swapped in whole: a failure leaves the earlier data as it was
     out = run.sub("data")
-    with (out / "items.jsonl").open("w") as f:
+    tmp = out.with_name("data.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for extra in ("images", "queries", "labels.json"):  # digits writes its pictures into data/ first
+        if (out / extra).exists():
+            (out / extra).rename(tmp / extra)
+    with (tmp / "items.jsonl").open("w") as f:
         for it in ds.items:
             f.write(json.dumps(asdict(it)) + "\n")
-    with (out / "users.jsonl").open("w") as f:
+    with (tmp / "users.jsonl").open("w") as f:
         for u in ds.users:
             f.write(json.dumps(asdict(u)) + "\n")
-    (out / "stats.json").write_text(json.dumps(ds.stats(), indent=2))
+    (tmp / "stats.json").write_text(json.dumps(ds.stats(), indent=2))
     if schema is not None:
-        (out / SCHEMA_FILE).write_text(json.dumps(schema.to_dict(), indent=1))
+        (tmp / SCHEMA_FILE).write_text(json.dumps(schema.to_dict(), indent=1))
+    shutil.rmtree(out)
+    tmp.rename(out)
     run.record("data", cfg, {"items": "data/items.jsonl", "users": "data/users.jsonl"}, stats=ds.stats())
     return ds
 

@@ -106,7 +106,7 @@ def make_catalogue(n_items: int, rng: np.random.Generator) -> pd.DataFrame:
 
 def make_events(items: pd.DataFrame, n_users: int, n_events: int, rng: np.random.Generator) -> pd.DataFrame:
     n_items = len(items)
-    cats = pd.Categorical(items["category"]).codes.astype(int)
+    cats = pd.Categorical(items["category"], categories=[c for c, _ in CATEGORIES]).codes.astype(int)
     brands = pd.Categorical(items["brand"]).codes.astype(int)
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.9
     popularity = popularity[rng.permutation(n_items)]
@@ -122,9 +122,10 @@ def make_events(items: pd.DataFrame, n_users: int, n_events: int, rng: np.random
     source = rng.choice(3, n, p=[0.55, 0.2, 0.25])
     pick = np.empty(n, dtype=np.int64)
     pick[source == 2] = _draw(np.arange(n_items), popularity, (source == 2).sum(), rng)
-    for group, key, mask in ((cats, fav_cat, source == 0), (brands, fav_brand, source == 1)):
+    groups = ((cats, len(CATEGORIES), fav_cat, source == 0), (brands, brands.max() + 1, fav_brand, source == 1))
+    for group, n_groups, key, mask in groups:
         order = np.argsort(group, kind="stable")
-        bounds = np.searchsorted(group[order], np.arange(group.max() + 2))
+        bounds = np.searchsorted(group[order], np.arange(n_groups + 1))
         for g in np.unique(key[mask]):
             rows = np.flatnonzero(mask & (key == g))
             members = order[bounds[g] : bounds[g + 1]]

@@ -6,6 +6,7 @@ names the file, line and column of any value it cannot read."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -24,11 +25,12 @@ def read_table(path: Path, sep: str = "", encoding: str = "utf-8") -> pd.DataFra
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            df = pd.read_parquet(path).astype(str)
+            df = _as_text(pd.read_parquet(path))
             df[LINE] = range(1, len(df) + 1)
         elif suffix in (".jsonl", ".json"):
-            df = pd.read_json(path, lines=True, dtype=False, encoding=encoding)
-            df = df.astype(str)
+            with path.open(encoding=encoding) as f:  # numbers stay as written: id 007 is not 7.0
+                records = [json.loads(line, parse_int=str, parse_float=str) for line in f if line.strip()]
+            df = _as_text(pd.DataFrame.from_records(records))
             df[LINE] = range(1, len(df) + 1)
         else:
             delimiter = sep or ("," if suffix == ".csv" else "\t")
@@ -37,21 +39,34 @@ def read_table(path: Path, sep: str = "", encoding: str = "utf-8") -> pd.DataFra
                 sep=delimiter,
                 dtype=str,
                 keep_default_na=False,
+                skip_blank_lines=False,  # so a row's index is its line in the file
                 quoting=csv.QUOTE_NONE if suffix in ATOMIC else csv.QUOTE_MINIMAL,
                 encoding=encoding,
-                engine="c",
+                engine="c" if len(delimiter) == 1 else "python",
             )
             df.columns = [str(c).split(":", 1)[0] if suffix in ATOMIC else str(c) for c in df.columns]
             df[LINE] = range(2, len(df) + 2)
+            df = df[(df.drop(columns=LINE) != "").any(axis=1)]  # blank lines hold no row
     except UnicodeDecodeError as e:
         raise ThinkRecError(
             f"{path} line {_bad_line(path, encoding)}: bytes that are not {encoding} ({e.reason})"
         ) from None
-    except (pd.errors.ParserError, ValueError, OSError) as e:
+    except (pd.errors.ParserError, ValueError, OSError, json.JSONDecodeError) as e:
         raise ThinkRecError(f"{path}: cannot be read as a {suffix or 'text'} table ({e})") from None
     if df.empty:
         raise ThinkRecError(f"data file {path} has no rows")
     return df
+
+
+def _as_text(df: pd.DataFrame) -> pd.DataFrame:
+    """Every cell a string ("" for a missing one); list cells (JSONL arrays, Parquet lists) stay lists."""
+
+    def text(v):
+        if isinstance(v, list | tuple) or hasattr(v, "tolist") and not isinstance(v, str | bytes):
+            return [str(x) for x in (v.tolist() if hasattr(v, "tolist") else v)]
+        return "" if v is None or (isinstance(v, float) and v != v) else str(v)
+
+    return pd.DataFrame({c: [text(v) for v in df[c].tolist()] for c in df.columns}, dtype=object)
 
 
 def _bad_line(path: Path, encoding: str) -> int:
@@ -88,4 +103,7 @@ def write_atomic(df: pd.DataFrame, types: dict[str, str], path: Path) -> None:
     """A RecBole atomic file: tab-separated, `name:type` headers (token, token_seq, float)."""
     out = df[list(types)].copy()
     out.columns = [f"{c}:{t}" for c, t in types.items()]
-    out.to_csv(path, sep="\t", index=False, quoting=csv.QUOTE_NONE, escapechar="\\")
+    # RecBole reads no quoting or escapes: a tab or newline inside a value becomes a space
+    out = out.astype(str).apply(lambda col: col.str.replace(r"[\t\r\n]", " ", regex=True))
+    rows = map("\t".join, out.itertuples(index=False, name=None))
+    path.write_text("\t".join(out.columns) + "\n" + "".join(r + "\n" for r in rows), encoding="utf-8")
