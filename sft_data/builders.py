@@ -7,7 +7,7 @@ import random
 
 from datasets import Dataset as HFDataset
 
-from sft_data.prompts import SYSTEM, behaviour_prompt, item_description
+from sft_data.prompts import behaviour_prompt, item_description, system_prompt
 from thinkrec.data import Dataset
 from tokenizer_ext.sid import SIDIndex
 
@@ -43,7 +43,7 @@ def alignment_samples(ds: Dataset, index: SIDIndex, n: int, seed: int, items: li
     for i in range(n):
         idx = rng.randrange(len(ds.items)) if items is None else rng.choice(items)
         sid, desc = index.sid(idx), item_description(ds, idx)
-        system = {"role": "system", "content": SYSTEM}
+        system = {"role": "system", "content": system_prompt(ds)}
         if i % 2 == 0:
             rows.append(_sample([system, {"role": "user", "content": f"What is {sid}?"}], desc, "sid_to_text"))
         else:

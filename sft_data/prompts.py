@@ -5,8 +5,13 @@ from __future__ import annotations
 from thinkrec.data import Dataset
 from tokenizer_ext.sid import SIDIndex
 
-SYSTEM = "You are ThinkRec, a movie recommender. Items are written as semantic IDs."
+SYSTEM = "You are ThinkRec, a movie recommender. Items are written as semantic IDs."  # MovieLens's system_prompt
 TITLED = 3  # the newest history items a prompt writes with their titles
+
+
+def system_prompt(ds: Dataset) -> str:
+    """The system turn, in the data set's words (the config's noun)."""
+    return f"You are ThinkRec, a {ds.noun[0]} recommender. Items are written as semantic IDs."
 
 
 def history_lines(ds: Dataset, index: SIDIndex, history: list[int], titled: int = TITLED) -> str:
@@ -23,8 +28,9 @@ def behaviour_prompt(ds: Dataset, index: SIDIndex, history: list[int], history_l
     if not history:
         raise ValueError("empty history: a behaviour prompt needs at least one watched item")
     recent = history[-history_len:]
-    user = f"Watched, oldest first:\n{history_lines(ds, index, recent)}\nRecommend the next movie."
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    lines = history_lines(ds, index, recent)
+    user = f"{ds.verb[0].capitalize()}, oldest first:\n{lines}\nRecommend the next {ds.noun[0]}."
+    return [{"role": "system", "content": system_prompt(ds)}, {"role": "user", "content": user}]
 
 
 def chat_messages(

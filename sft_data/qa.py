@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sft_data.prompts import SYSTEM, history_lines
+from sft_data.prompts import history_lines, system_prompt
 from thinkrec.data import Dataset
 from tokenizer_ext.sid import SIDIndex
 
@@ -56,14 +56,14 @@ def is_heldout_item(idx: int) -> bool:
     return idx % HOLDOUT_EVERY == 0
 
 
-def _choice(task: str, question: str, right: str, wrong: list[str], rng: random.Random) -> Question:
+def _choice(ds: Dataset, task: str, question: str, right: str, wrong: list[str], rng: random.Random) -> Question:
     """The options are listed in the question; the answer is the right option's text, so the
     model's knowledge shows in the answer itself (a letter first would hide it behind a guess)."""
     options = [right, *wrong]
     rng.shuffle(options)
     listed = "\n".join(f"- {o}" for o in options)
     user = f"{question}\nOptions:\n{listed}\nAnswer with one option."
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    messages = [{"role": "system", "content": system_prompt(ds)}, {"role": "user", "content": user}]
     return Question(task, messages, options, options.index(right))
 
 
@@ -94,17 +94,17 @@ def user_question(ds: Dataset, index: SIDIndex, user_pos: int, task: str, histor
         if not n or (rest and rest[0][1] == n) or len(absent) < 3:
             return None
         history = history_lines(ds, index, shown, titled=len(shown))
-        q = f"A user watched, oldest first:\n{history}\nWhich genre did they watch most?"
-        return _choice(task, q, top, rng.sample(absent, 3), rng)
+        q = f"A user {ds.verb[0]}, oldest first:\n{history}\nWhich genre did they {ds.verb[1]} most?"
+        return _choice(ds, task, q, top, rng.sample(absent, 3), rng)
     if task == "user_watched":
         watched = set(train)
         unseen = [i for i in range(len(ds.items)) if i not in watched]
         if len(unseen) < 3:
             return None
         history = history_lines(ds, index, shown, titled=0)
-        q = f"A user watched, oldest first:\n{history}\nWhich of these movies is in that list?"
+        q = f"A user {ds.verb[0]}, oldest first:\n{history}\nWhich of these {ds.noun[1]} is in that list?"
         wrong = [ds.items[i].title for i in rng.sample(unseen, 3)]
-        return _choice(task, q, ds.items[rng.choice(shown)].title, wrong, rng)
+        return _choice(ds, task, q, ds.items[rng.choice(shown)].title, wrong, rng)
     if task == "user_rating":
         older = list(range(max(0, len(train) - history_len)))  # rated items not shown in the prompt
         if not older:
@@ -113,10 +113,10 @@ def user_question(ds: Dataset, index: SIDIndex, user_pos: int, task: str, histor
         item, rating = train[pos], ds.users[user_pos].ratings[pos]
         history = history_lines(ds, index, shown, titled=3)
         q = (
-            f"A user watched, oldest first:\n{history}\n"
-            f"They also watched {index.sid(item)} {ds.items[item].title}. Did they rate it 4 stars or more?"
+            f"A user {ds.verb[0]}, oldest first:\n{history}\n"
+            f"They also {ds.verb[0]} {index.sid(item)} {ds.items[item].title}. Did they rate it 4 stars or more?"
         )
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]
+        messages = [{"role": "system", "content": system_prompt(ds)}, {"role": "user", "content": q}]
         return Question(task, messages, ["Yes", "No"], 0 if rating >= 4 else 1)
     raise ValueError(f"unknown user-QA task {task!r}")
 
@@ -128,19 +128,19 @@ def item_question(ds: Dataset, index: SIDIndex, idx: int, task: str, rng) -> Que
     it, sid = ds.items[idx], index.sid(idx)
     if task == "item_title":
         others = rng.sample([j for j in range(len(ds.items)) if ds.items[j].title != it.title], 3)
-        return _choice(task, f"Which movie is {sid}?", it.title, [ds.items[j].title for j in others], rng)
+        return _choice(ds, task, f"Which {ds.noun[0]} is {sid}?", it.title, [ds.items[j].title for j in others], rng)
     if task == "item_genre":
         absent = [g for g in _genres(ds) if g not in it.genres]
         if not it.genres or len(absent) < 3:
             return None
-        return _choice(task, f"Which genre is {sid}?", rng.choice(it.genres), rng.sample(absent, 3), rng)
+        return _choice(ds, task, f"Which genre is {sid}?", rng.choice(it.genres), rng.sample(absent, 3), rng)
     if task == "item_decade":
         if not _has_year(it.year):
             return None
         decades = sorted({_decade(x.year) for x in ds.items if _has_year(x.year)} - {_decade(it.year)})
         if len(decades) < 3:
             return None
-        return _choice(task, f"When was {sid} released?", _decade(it.year), rng.sample(decades, 3), rng)
+        return _choice(ds, task, f"When was {sid} released?", _decade(it.year), rng.sample(decades, 3), rng)
     raise ValueError(f"unknown video-QA task {task!r}")
 
 
@@ -163,8 +163,8 @@ def rationale(ds: Dataset, shown: list[int], target: int | None = None) -> str:
 
 def reasoning_prompt(ds: Dataset, index: SIDIndex, history: list[int], history_len: int) -> list[dict]:
     shown = history[-history_len:]
-    user = f"Watched, oldest first:\n{history_lines(ds, index, shown)}\n{REASON_ASK}"
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    user = f"{ds.verb[0].capitalize()}, oldest first:\n{history_lines(ds, index, shown)}\n{REASON_ASK}"
+    return [{"role": "system", "content": system_prompt(ds)}, {"role": "user", "content": user}]
 
 
 def top_genres(ds: Dataset, shown: list[int]) -> set[str]:

@@ -245,3 +245,18 @@ def test_jsonl_numbers_blank_lines_repeats_and_unknown_items_read_as_written(tmp
         load_dataset(DataConfig(dataset=str(config)))
     for seed in range(6):  # small catalogues: some categories have no items
         write_shop(tmp_path / f"s{seed}", users=20, items=10, seed=seed)
+
+
+def test_prompts_use_the_configs_noun_and_verb(tmp_path):
+    from sft_data.prompts import SYSTEM, behaviour_prompt, system_prompt
+    from thinkrec.data.synthetic_shop import write_shop
+    from tokenizer_ext.sid import SIDIndex
+
+    run = RunDir(tmp_path / "run")
+    prepare(DataConfig(dataset=str(write_shop(tmp_path / "shop", users=40, items=30, seed=1))), run)
+    ds = load_prepared(run)
+    assert ds.name == "shop" and ds.noun == ("product", "products") and ds.verb == ("bought", "buy")
+    index = SIDIndex([(i // 16, i % 16, 0) for i in range(len(ds.items))], 3, 16)
+    system, user = behaviour_prompt(ds, index, ds.users[0].items[:3])
+    assert system["content"] == system_prompt(ds) == SYSTEM.replace("movie", "product")
+    assert user["content"].startswith("Bought, oldest first:\n") and user["content"].endswith("the next product.")

@@ -100,7 +100,8 @@ def load_from_schema(schema: DatasetSchema, max_users: int = 0) -> tuple[Dataset
         )
     items = _items(schema, meta, sorted(events["item"].unique(), key=natural_key))
     users = _users(schema, events, {it.item_id: it.idx for it in items})
-    return Dataset(schema.name, items, users), report
+    words = {"noun": (schema.noun.one, schema.noun.many), "verb": (schema.verb.past, schema.verb.present)}
+    return Dataset(schema.name, items, users, **words), report
 
 
 def k_core(events: pd.DataFrame, user_min: int, item_min: int) -> pd.DataFrame:

@@ -52,6 +52,8 @@ class Dataset:
     name: str
     items: list[Item]
     users: list[User]
+    noun: tuple[str, str] = ("movie", "movies")  # what an item is called, one and many (the config's noun)
+    verb: tuple[str, str] = ("watched", "watch")  # what a user did, past and present (the config's verb)
 
     def item_by_id(self, item_id: str) -> Item:
         for it in self.items:

@@ -87,7 +87,14 @@ def load_prepared(run: RunDir) -> Dataset:
         users = [User(**json.loads(line)) for line in (out / "users.jsonl").open()]
     except (json.JSONDecodeError, TypeError) as e:
         raise ThinkRecError(f"run directory {run.path}: data files are corrupt ({e}); re-run `thinkrec data`") from None
-    return Dataset(entry["config"]["dataset"], items, users)
+    schema = load_run_schema(run)
+    if schema is None:  # digits, and runs prepared before data sets had configs
+        return Dataset(entry["config"]["dataset"], items, users)
+    words = {
+        "noun": (schema["noun"]["one"], schema["noun"]["many"]),
+        "verb": (schema["verb"]["past"], schema["verb"]["present"]),
+    }
+    return Dataset(schema["name"], items, users, **words)
 
 
 def load_run_schema(run: RunDir) -> dict | None:
