@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -39,7 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--branch", default="main")
     p.add_argument("--out", type=Path, default=Path("eval/results/ci_time.json"))
     p.add_argument("--log", type=Path, default=None, help="keep CI's output here (default: beside --out)")
+    p.add_argument(
+        "--write-budget",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="after a passing run, set the module shares in this budget file (tests/time_budget.json)",
+    )
+    p.add_argument("--from-result", type=Path, default=None, help="take the figures from an earlier --out, run nothing")
     args = p.parse_args(argv)
+    if args.from_result:
+        write_budget(json.loads(args.from_result.read_text()), args.write_budget)
+        return 0
     repo = Path(args.repo).resolve()
     commit = subprocess.run(["git", "-C", str(repo), "rev-parse", args.branch], capture_output=True, text=True,
                             check=True).stdout.strip()  # fmt: skip
@@ -74,7 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "module_seconds"}, indent=1))
+    if args.write_budget and proc.returncode == 0:
+        write_budget(result, args.write_budget)
     return proc.returncode
+
+
+def write_budget(result: dict, path: Path | None) -> None:
+    """Each module's measured share of the run, rounded up to a tenth of a percent."""
+    if path is None or not result["module_seconds"]:
+        return
+    budget = json.loads(path.read_text())
+    total = sum(result["module_seconds"].values())
+    budget["modules"] = {m: math.ceil(1000 * s / total) / 1000 for m, s in sorted(result["module_seconds"].items())}
+    budget["measured"] = f"{result['date']}, {result['machine']}, commit {result['commit'][:7]}"
+    path.write_text(json.dumps(budget, indent=1) + "\n")
+    print(f"wrote the measured shares into {path}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ def test_every_test_module_has_a_share_and_the_shares_fit_the_run():
     budget = json.loads(BUDGET_FILE.read_text())
     modules = {p.name for p in TESTS.glob("test_*.py")}
     assert set(budget["modules"]) == modules, set(budget["modules"]) ^ modules
-    assert 0.99 <= sum(budget["modules"].values()) <= 1.01
+    assert 0.99 <= sum(budget["modules"].values()) <= 1.03  # each share is rounded up
     assert budget["slack"] >= 1.0 and 0 <= budget["noise"] < 0.05
     assert budget["wall_minutes_max"] <= 40
 
