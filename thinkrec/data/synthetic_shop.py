@@ -126,8 +126,10 @@ def make_events(items: pd.DataFrame, n_users: int, n_events: int, rng: np.random
     for group, n_groups, key, mask in groups:
         order = np.argsort(group, kind="stable")
         bounds = np.searchsorted(group[order], np.arange(n_groups + 1))
-        for g in np.unique(key[mask]):
-            rows = np.flatnonzero(mask & (key == g))
+        picked = np.flatnonzero(mask)
+        picked = picked[np.argsort(key[picked], kind="stable")]  # the rows of each group, together
+        keys, starts = np.unique(key[picked], return_index=True)
+        for g, rows in zip(keys, np.split(picked, starts[1:]), strict=True):
             members = order[bounds[g] : bounds[g + 1]]
             pick[rows] = _draw(members, popularity[members], len(rows), rng) if len(members) else \
                 _draw(np.arange(n_items), popularity, len(rows), rng)  # fmt: skip
