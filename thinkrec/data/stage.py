@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from thinkrec.config import DataConfig
-from thinkrec.data.loader import LoadReport, load_from_schema
+from thinkrec.data.loader import load_from_schema
 from thinkrec.data.records import Dataset, Item, User
 from thinkrec.data.schema import DatasetSchema, load_schema, validate
 from thinkrec.data.tables import write_atomic
@@ -39,11 +39,7 @@ def schema_for(cfg: DataConfig) -> DatasetSchema:
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
-    return load_with_report(cfg)[0]
-
-
-def load_with_report(cfg: DataConfig) -> tuple[Dataset, LoadReport]:
-    return load_from_schema(schema_for(cfg), cfg.max_users)
+    return load_from_schema(schema_for(cfg), cfg.max_users)[0]
 
 
 def prepare(cfg: DataConfig, run: RunDir) -> Dataset:
@@ -70,12 +66,13 @@ def prepare(cfg: DataConfig, run: RunDir) -> Dataset:
     with (tmp / "users.jsonl").open("w") as f:
         for u in ds.users:
             f.write(json.dumps(asdict(u)) + "\n")
-    (tmp / "stats.json").write_text(json.dumps(ds.stats(), indent=2))
+    stats = ds.stats()
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
     if schema is not None:
         (tmp / SCHEMA_FILE).write_text(json.dumps(schema.to_dict(), indent=1))
     shutil.rmtree(out)
     tmp.rename(out)
-    run.record("data", cfg, {"items": "data/items.jsonl", "users": "data/users.jsonl"}, stats=ds.stats())
+    run.record("data", cfg, {"items": "data/items.jsonl", "users": "data/users.jsonl"}, stats=stats)
     return ds
 
 
