@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from backbone.llm import load_causal_lm
-from model.collate import IGNORE, LeftPadCollator, answer_logits, encode_chat
+from eval.options import option_row, option_scores
 from model.train import trained_model_dir
 from ranking.generate import beam_recommend
 from ranking.rationale import write_rationales
@@ -42,26 +42,18 @@ from tokenizer_ext.sid import SIDIndex, TokenTrie
 from tokenizer_ext.stage import load_index
 
 
-@torch.no_grad()
 def choice_accuracy(model, tok, questions: list[Question], batch_size: int = 16) -> float:
-    """Share of questions whose right option gets the highest answer log-likelihood. Questions
-    with image features need a model that takes them (model.vision.VisionLM)."""
-    rows = []  # every option of every question, in order
-    for q in questions:
-        for option in q.options:
-            messages = [*q.messages, {"role": "assistant", "content": option}]
-            rows.append({**encode_chat(tok, messages, max_length=1024), "image_features": q.image_features})
-    collate = LeftPadCollator(tok.pad_token_id)
-    scores: list[float] = []
+    """Share of questions whose right option gets the highest answer log-likelihood, each question's
+    prompt computed once for all its options (eval.options). Questions with image features need a
+    model that takes them (model.vision.VisionLM)."""
+    rows = [option_row(tok, q.messages, q.options, q.image_features) for q in questions]
+    correct = 0
     for start in tqdm(range(0, len(rows), batch_size), desc="scoring options", leave=False):
-        logits, target = answer_logits(model, collate(rows[start : start + batch_size]))
-        logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        scores.extend((logp * (target != IGNORE)).sum(-1).tolist())
-    correct, offset = 0, 0
-    for q in questions:
-        option_scores = scores[offset : offset + len(q.options)]
-        offset += len(q.options)
-        correct += max(range(len(q.options)), key=option_scores.__getitem__) == q.label  # ties: the first
+        chunk = questions[start : start + batch_size]
+        for q, scores in zip(
+            chunk, option_scores(model, rows[start : start + batch_size], tok.pad_token_id), strict=True
+        ):
+            correct += max(range(len(q.options)), key=scores.__getitem__) == q.label  # ties: the first
     return correct / max(1, len(questions))
 
 
@@ -109,7 +101,7 @@ def run_qa_eval(cfg: QAEvalConfig, run: RunDir) -> dict:
         path = run.path / "model_base" if name == "base" else trained_model_dir(run, name)
         torch.manual_seed(cfg.seed)
         tok, model = load_causal_lm(path)
-        model.eval()
+        model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         t = time.time()
         report["models"][name] = evaluate_model(model, tok, ds, index, cfg, history_len)
         report["models"][name]["seconds"] = time.time() - t

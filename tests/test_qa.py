@@ -4,6 +4,7 @@ kept out of training), the stage mixtures, and QA training lifting held-out accu
 from collections import Counter
 
 import pytest
+import torch
 
 from sft_data.qa import (
     is_heldout_item,
@@ -148,3 +149,31 @@ def test_training_on_the_qa_mixture_lifts_held_out_qa_accuracy_above_the_untrain
         assert trained[task] > base[task] + 0.25, (task, base, trained)
     assert trained["rationale"] > base["rationale"] + 0.3
     assert (run.path / "eval" / "qa.json").exists()
+
+
+def test_options_scored_together_get_the_log_likelihood_each_gets_alone():
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from backbone.llm import resolve_base_model
+    from eval.options import option_row, option_scores
+    from model.collate import IGNORE, LeftPadCollator, answer_logits, encode_chat
+
+    tok = AutoTokenizer.from_pretrained(resolve_base_model(""))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    model = LlamaForCausalLM(cfg).eval()
+    questions = [
+        ([{"role": "user", "content": "Which genre?"}], ["Drama", "Film-Noir", "Sci-Fi", "Children's"]),
+        ([{"role": "system", "content": "be brief"}, {"role": "user", "content": "Seen it?"}], ["Yes", "No"]),
+    ]
+    together = option_scores(model, [option_row(tok, m, o) for m, o in questions], tok.pad_token_id)
+    for (messages, options), scores in zip(questions, together, strict=True):
+        for option, score in zip(options, scores, strict=True):
+            batch = LeftPadCollator(tok.pad_token_id)(
+                [encode_chat(tok, [*messages, {"role": "assistant", "content": option}], 256)]
+            )
+            with torch.no_grad():
+                logits, target = answer_logits(model, batch)
+            alone = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            assert score == pytest.approx(float((alone * (target != IGNORE)).sum()), abs=1e-4)
