@@ -27,15 +27,15 @@ def test_the_curriculum_adds_half_the_steps_for_activation_and_fixes_each_stage_
 @pytest.mark.slow
 def test_the_curriculum_demo_serves_the_activation_model_with_its_history_length(tmp_path):
     run_dir = tmp_path / "run"
-    toy = "--max-users 120 --max-steps 6 --eval-every 3 --curve-users 8 --eval-users 16 --pscore-epochs 1"
+    toy = "--max-users 120 --max-steps 4 --eval-every 2 --curve-users 8 --eval-users 16 --pscore-epochs 1"
     toy += " --rl-steps 2 --rl-users 8 --rl-select-users 8 --rl-eval-users 8 --chat-users 2"
     toy += " --qa-questions 4 --qa-rec-users 4 --history-len 8"
     argv = ["demo", "--run-dir", str(run_dir), "--baselines", "", *toy.split()]
     assert main(argv) == 0
     stages = RunDir(run_dir).manifest()["stages"]
     align, act = stages["train_sft_align"]["config"], stages["train"]["config"]
-    assert (align["mixture"], align["init_from"], align["max_steps"]) == ("default", "", 6)
-    assert (act["mixture"], act["init_from"], act["max_steps"]) == ("activation", "sft_align", 3)
+    assert (align["mixture"], align["init_from"], align["max_steps"]) == ("default", "", 4)
+    assert (act["mixture"], act["init_from"], act["max_steps"]) == ("activation", "sft_align", 2)
     # alignment: behaviour, items and requests; activation adds QA and rationales with behaviour replay
     assert {"behaviour", "request"} <= set(stages["sft_data"]["counts"])
     assert not {"reasoning", "user_top_genre"} & set(stages["sft_data"]["counts"])

@@ -80,7 +80,7 @@ def test_ecpo_is_chosen_on_the_valid_split_resumes_and_keeps_legality(trained_ru
     assert pscore["auc"]["watch"] > 0.8
     assert pscore["auc_among_watched"]["like"] > 0.6 and pscore["auc_among_watched"]["love"] > 0.6
 
-    cfg = RLConfig(rl_steps=8, users_per_step=4, rl_eval_users=24, rl_select_users=24, rl_save_steps=4)
+    cfg = RLConfig(rl_steps=8, users_per_step=4, rl_eval_users=16, rl_select_users=16, rl_save_steps=4)
     # stopped after 4 steps, then resumed from that checkpoint to 8
     run_rl(dataclasses.replace(cfg, rl_steps=4), run)
     summary = run_rl(cfg, run)
@@ -102,7 +102,7 @@ def test_ecpo_is_chosen_on_the_valid_split_resumes_and_keeps_legality(trained_ru
     report = run_rl_eval(cfg, run)
     print(format_rl_table(report))
     before, after = report["models"]["sft"], report["models"]["rl"]
-    assert report["users"] == 24 and report["served"]["model"] == summary["served"]["model"]
+    assert report["users"] == 16 and report["served"]["model"] == summary["served"]["model"]
     assert after["valid"]["model"] == best
     assert before["constrained_legality"] == after["constrained_legality"] == 1.0
 
