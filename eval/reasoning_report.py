@@ -19,6 +19,7 @@ from rl.select import split_examples, topk_metrics
 from rl.stage import flagged_items, load_pscore, rl_users
 from thinkrec.config import RLConfig
 from thinkrec.data import load_prepared
+from thinkrec.data.stage import load_run_schema
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
 from tokenizer_ext.sid import TokenTrie
@@ -30,7 +31,11 @@ MODES = ("direct", "reasoning_first")
 def run_reasoning_eval(cfg: RLConfig, run: RunDir, k: int = 10) -> dict:
     ds, index = load_prepared(run), load_index(run)
     _, held = rl_users(ds, cfg)
-    pscore, flagged, history_len = load_pscore(run), flagged_items(ds, cfg.flagged_genre), run.history_len()
+    pscore, flagged, history_len = (
+        load_pscore(run),
+        flagged_items(ds, cfg.flagged, load_run_schema(run)),
+        run.history_len(),
+    )
     histories, targets = split_examples(ds, held, "test")
     entry = run.manifest()["stages"].get(cfg.rl_name, {})
     if "valid_reasoning" not in entry or not (run.path / cfg.rl_name / "model" / "config.json").exists():
@@ -48,7 +53,13 @@ def run_reasoning_eval(cfg: RLConfig, run: RunDir, k: int = 10) -> dict:
             row, beams = topk_metrics(*args, desc=f"{name}, {mode}", think_tokens=think)
             row["constrained_legality"] = beams.legal / max(1, beams.total)
             rows[name][mode] = row
-    report = {"users": len(held), "split": "test", "k": k, "flagged_genre": cfg.flagged_genre, "models": rows}
+    report = {
+        "users": len(held),
+        "split": "test",
+        "k": k,
+        "flagged": cfg.flagged or "the data set's rule",
+        "models": rows,
+    }
     report["started_from"], report["reasoning_rl"] = cfg.rl_init, cfg.rl_name
     report["rl"] = {key: entry.get(key) for key in ("steps", "best_step", "valid_reasoning")}
     report["date"] = datetime.date.today().isoformat()

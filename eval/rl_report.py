@@ -22,6 +22,7 @@ from rl.stage import flagged_items, load_pscore, rl_users
 from sft_data.prompts import behaviour_prompt
 from thinkrec.config import RLConfig
 from thinkrec.data import load_prepared
+from thinkrec.data.stage import load_run_schema
 from thinkrec.rundir import RunDir
 from tokenizer_ext.sid import TokenTrie
 from tokenizer_ext.stage import load_index
@@ -54,7 +55,7 @@ def run_rl_eval(cfg: RLConfig, run: RunDir, k: int = 10, group: int = 8, sample_
     ds, index = load_prepared(run), load_index(run)
     _, held = rl_users(ds, cfg)
     pscore = load_pscore(run)
-    flagged = flagged_items(ds, cfg.flagged_genre)
+    flagged = flagged_items(ds, cfg.flagged, load_run_schema(run))
     history_len = run.history_len()
     histories, targets = split_examples(ds, held, "test")
     prompts = [behaviour_prompt(ds, index, h, history_len) for h in histories[:sample_users]]
@@ -65,7 +66,7 @@ def run_rl_eval(cfg: RLConfig, run: RunDir, k: int = 10, group: int = 8, sample_
     rules, valid = {base: None}, {base: None}
     for name, entry in rl_runs(run).items():
         models[name] = run.path / name / "model"
-        rules[name] = {k2: entry["config"][k2] for k2 in ("flagged_genre", "rule_threshold", "rule_alpha")}
+        rules[name] = {k2: entry["config"][k2] for k2 in ("flagged", "rule_threshold", "rule_alpha")}
         valid[name] = entry.get("valid")
     rows = {}
     for name, path in models.items():
@@ -88,7 +89,7 @@ def run_rl_eval(cfg: RLConfig, run: RunDir, k: int = 10, group: int = 8, sample_
         row["valid"] = valid[name]
         rows[name] = row
     report = {"users": len(held), "k": k, "group": group, "sampled_users": len(prompts)}
-    report |= {"flagged_genre": cfg.flagged_genre, "models": rows}
+    report |= {"flagged": cfg.flagged or "the data set's rule", "models": rows}
     report["served"] = run.manifest()["stages"].get(SERVED)
     out = run.sub("eval")
     (out / "rl_report.json").write_text(json.dumps(report, indent=2))
@@ -101,7 +102,7 @@ def format_rl_table(report: dict) -> str:
     cols = [f"recall@{k}", f"ndcg@{k}", f"pscore@{k}", "sampled_reward", f"flagged_share@{k}"]
     cols += ["constrained_legality", "free_legality"]
     lines = [
-        f"{report['users']} held-out users, top-{k}; flagged class: {report['flagged_genre']}",
+        f"{report['users']} held-out users, top-{k}; flagged class: {report['flagged']}",
         f"{'model':<10}" + "".join(f"{c:>{len(c) + 2}}" for c in cols) + "  business rule",
     ]
     for name, m in report["models"].items():

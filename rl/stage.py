@@ -26,13 +26,14 @@ from backbone.llm import load_causal_lm
 from model.plot import plot_loss
 from model.train import trained_model_dir
 from rl.loop import Policy, ecpo_step
-from rl.pscore import PScore, train_pscore, user_scores
+from rl.pscore import PScore, feedback_heads, train_pscore, user_scores
 from rl.reasoning import reasoning_step
 from rl.rewards import business_rule, preference_reward
 from rl.select import split_examples, topk_metrics
 from rl.served import GATE, METRIC, record_served
 from thinkrec.config import PScoreConfig, RLConfig
 from thinkrec.data import Dataset, load_prepared
+from thinkrec.data.stage import load_run_schema
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
 from tokenizer_ext.sid import MODEL_SID_FILE, TokenTrie
@@ -46,7 +47,9 @@ def item_features(run: RunDir) -> np.ndarray:
 
 def run_pscore(cfg: PScoreConfig, run: RunDir) -> dict:
     ds = load_prepared(run)
-    scorer, report = train_pscore(ds, item_features(run), cfg)
+    schema = load_run_schema(run)
+    feedback = schema["interactions"]["feedback"] if schema else None
+    scorer, report = train_pscore(ds, item_features(run), cfg, feedback_heads(feedback, ds.verb[1]))
     out = run.sub("pscore")
     scorer.save(out, cfg)
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -62,12 +65,47 @@ def load_pscore(run: RunDir) -> PScore:
     return PScore.load(run.path / "pscore", item_features(run))
 
 
-def flagged_items(ds: Dataset, genre: str) -> set[int]:
-    flagged = {it.idx for it in ds.items if genre in it.genres}
+def flagged_items(ds: Dataset, spec: str, schema: dict | None) -> set[int]:
+    """The business rule's item class. `spec`: attribute=value, or attribute>number for a numeric
+    attribute; "" = the data set's config (rules.flagged; none there = no rule); "none" = no rule."""
+    if spec.strip().lower() == "none":
+        return set()
+    if not spec.strip():
+        rule = ((schema or {}).get("rules") or {}).get("flagged")
+        if not rule:
+            return set()
+        above = rule.get("above")
+        spec = f"{rule['attribute']}>{above}" if above is not None else f"{rule['attribute']}={rule['value']}"
+    attribute, op, value = _split_rule(spec)
+    known = sorted({name for it in ds.items for name in it.attributes})
+    if attribute not in known:
+        raise ThinkRecError(f"flagged rule {spec!r}: no item attribute {attribute!r}; attributes are {known}")
+    if op == ">":
+        try:
+            bound = float(value)
+        except ValueError:
+            raise ThinkRecError(f"flagged rule {spec!r}: {value!r} is not a number") from None
+        flagged = {it.idx for it in ds.items if isinstance(it.attributes.get(attribute), int | float)
+                   and it.attributes[attribute] > bound}  # fmt: skip
+    else:
+        flagged = {it.idx for it in ds.items if _has_value(it.attributes.get(attribute), value)}
     if not flagged:
-        known = sorted({g for it in ds.items for g in it.genres})
-        raise ThinkRecError(f"flagged_genre {genre!r} names no item; genres are {known}")
+        raise ThinkRecError(f"flagged rule {spec!r} names no item")
     return flagged
+
+
+def _split_rule(spec: str) -> tuple[str, str, str]:
+    for op in ("=", ">"):
+        if op in spec:
+            attribute, _, value = spec.partition(op)
+            return attribute.strip(), op, value.strip()
+    raise ThinkRecError(f"flagged rule {spec!r}: write attribute=value or attribute>number (or none)")
+
+
+def _has_value(held, value: str) -> bool:
+    if isinstance(held, list | tuple | set):
+        return value in {str(v) for v in held}
+    return held is not None and str(held) == value
 
 
 def rl_users(ds: Dataset, cfg: RLConfig) -> tuple[list[int], list[int]]:
@@ -135,7 +173,7 @@ def run_rl(cfg: RLConfig, run: RunDir) -> dict:
     _check(cfg)
     ds, index = load_prepared(run), load_index(run)
     pscore = load_pscore(run)
-    flagged = flagged_items(ds, cfg.flagged_genre)
+    flagged = flagged_items(ds, cfg.flagged, load_run_schema(run))
     reward = business_rule(preference_reward(pscore), flagged, cfg.rule_threshold, cfg.rule_alpha)
     train_users, _ = rl_users(ds, cfg)
     valid_h, valid_t = split_examples(ds, select_users(ds, cfg), "valid")

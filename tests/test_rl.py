@@ -78,7 +78,7 @@ def test_ecpo_is_chosen_on_the_valid_split_resumes_and_keeps_legality(trained_ru
     pscore = run_pscore(PScoreConfig(pscore_epochs=2), run)
     print(pscore)
     assert pscore["auc"]["watch"] > 0.8
-    assert pscore["auc_among_watched"]["like"] > 0.6 and pscore["auc_among_watched"]["love"] > 0.6
+    assert pscore["auc_among_positives"]["like"] > 0.6 and pscore["auc_among_positives"]["love"] > 0.6
 
     cfg = RLConfig(rl_steps=8, users_per_step=4, rl_eval_users=16, rl_select_users=16, rl_save_steps=4)
     # stopped after 4 steps, then resumed from that checkpoint to 8
@@ -154,3 +154,34 @@ def test_branched_prompt_logprobs_equal_full_teacher_forcing():
         assert fast[i].item() == pytest.approx(logp.gather(1, torch.tensor(c).unsqueeze(1)).sum().item(), abs=1e-4)
     fast.sum().backward()  # the gradient reaches the weights through the shared prompt pass too
     assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_pscore_heads_and_the_business_rule_come_from_the_data_set_config():
+    from rl.pscore import default_weights, feedback_heads, head_labels
+    from rl.stage import flagged_items
+    from thinkrec.data import Dataset, Item
+    from thinkrec.errors import ThinkRecError
+
+    rating = feedback_heads({"kind": "rating", "like": 4, "love": 5}, "watch")
+    assert [h.name for h in rating] == ["watch", "like", "love"]
+    assert default_weights(rating) == {"watch": 0.5, "like": 0.3, "love": 0.2}
+    assert head_labels(4.0, rating) == [1.0, 1.0, 0.0]
+    events = feedback_heads({"kind": "events", "events": {"view": 1, "cart": 2, "purchase": 3}}, "buy")
+    assert [h.name for h in events] == ["buy", "cart", "purchase"] and head_labels(1.0, events) == [1.0, 0.0, 0.0]
+    assert default_weights(events) == {"buy": 0.5, "cart": 0.25, "purchase": 0.25}
+    implicit = feedback_heads({"kind": "implicit"}, "read")
+    assert [h.name for h in implicit] == ["read"] and default_weights(implicit) == {"read": 1.0}
+
+    items = [
+        Item(0, "a", "A", "", ["Tea"], {"category": ["Tea"], "brand": "House", "price": 12.0}),
+        Item(1, "b", "B", "", ["Coffee"], {"category": ["Coffee"], "brand": "Acme", "price": 60.0}),
+    ]
+    ds = Dataset("shop", items, [])
+    schema = {"rules": {"flagged": {"attribute": "brand", "value": "House", "above": None}}}
+    assert flagged_items(ds, "", schema) == {0}  # the config's rule
+    assert flagged_items(ds, "price>50", schema) == {1} and flagged_items(ds, "category=Coffee", None) == {1}
+    assert flagged_items(ds, "none", schema) == set() and flagged_items(ds, "", None) == set()
+    for spec, message in (("colour=red", "no item attribute"), ("brand=Nope", "names no item"),
+                          ("price>cheap", "not a number"), ("brand", "attribute=value")):  # fmt: skip
+        with pytest.raises(ThinkRecError, match=message):
+            flagged_items(ds, spec, schema)

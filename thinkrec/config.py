@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from thinkrec.errors import ThinkRecError
+
 
 @dataclass
 class DataConfig:
@@ -357,15 +359,23 @@ class PScoreConfig:
     pscore_epochs: int = field(default=3, metadata={"help": "training epochs of the preference model"})
     pscore_lr: float = field(default=3e-3, metadata={"help": "Adam learning rate of the preference model"})
     head_weights: str = field(
-        default="watch=0.5,like=0.3,love=0.2", metadata={"help": "fusion of the heads' probabilities into one score"}
+        default="",
+        metadata={
+            "help": "fusion of the heads' probabilities into one score, e.g. watch=0.5,like=0.3,love=0.2; empty ="
+            " the data set's default (first head 0.5, the stronger signals share the rest)"
+        },
     )
     seed: int = field(default=0, metadata={"help": "random seed"})
 
     def weights(self) -> dict[str, float]:
+        """The fusion weights given; {} = the data set's default."""
         out = {}
-        for part in self.head_weights.split(","):
+        for part in filter(str.strip, self.head_weights.split(",")):
             name, _, value = part.partition("=")
-            out[name.strip()] = float(value)
+            try:
+                out[name.strip()] = float(value)
+            except ValueError:
+                raise ThinkRecError(f"--head-weights {self.head_weights!r}: use head=number, comma-separated") from None
         return out
 
 
@@ -433,7 +443,13 @@ class RLConfig:
         default=1.0,
         metadata={"help": "SFT loss on the step's (history, next train item) pairs, trained together (0 = off)"},
     )
-    flagged_genre: str = field(default="Action", metadata={"help": "the business rule's item class"})
+    flagged: str = field(
+        default="",
+        metadata={
+            "help": "the business rule's item class: attribute=value (genres=Action), or attribute>number for a"
+            " numeric attribute; empty = the data set's config (rules.flagged); none = no rule"
+        },
+    )
     rule_threshold: float = field(
         default=0.2, metadata={"help": "f: damping starts once the class's share of a group passes this"}
     )
