@@ -230,14 +230,22 @@ def reasoning_samples(ds: Dataset, index: SIDIndex, n: int, history_len: int, se
     return rows
 
 
+MISSES_BEFORE_DROP = 200  # a task that fails this often in a row has no values on this catalogue
+
+
 def _draw(n: int, tasks, make) -> list[Question]:
+    """n questions, the tasks taking turns; a task the catalogue cannot ask (no release years, no
+    second attribute value) drops out of the turns instead of stopping the others."""
     out: list[Question] = []
-    tries = 0
-    while len(out) < n:
-        q = make(tasks[len(out) % len(tasks)])
-        tries += 1
+    live, misses = list(tasks), dict.fromkeys(tasks, 0)
+    while len(out) < n and live:
+        task = live[len(out) % len(live)]
+        q = make(task)
         if q is not None:
             out.append(q)
-        elif tries > 50 * max(1, n):
-            raise ValueError("the data set cannot support these questions")
+            misses[task] = 0
+            continue
+        misses[task] += 1
+        if misses[task] >= MISSES_BEFORE_DROP:
+            live.remove(task)
     return out

@@ -353,14 +353,14 @@ def counterfactual(kind: str, ds: Dataset, history: list[int], rng: random.Rando
     shown = history[-10:]
     genres = [g for g in GENRE_WORDS if any(g in x.genres for x in ds.items)]
     weights = [sum(g in x.genres for x in ds.items) for g in genres]
-    if kind == "genre":
+    if kind == "genre" and genres:
         g = rng.choices(genres, weights)[0]
         return _genre(kind, g, any_of=frozenset({g}))
-    if kind == "two_genres":
-        pairs = Counter(tuple(sorted(p)) for x in ds.items for p in _pairs(x.genres))
+    pairs = Counter(tuple(sorted(p)) for x in ds.items for p in _pairs(x.genres)) if kind == "two_genres" else {}
+    if pairs:
         (g1, g2) = rng.choices(list(pairs), list(pairs.values()))[0]
         return Constraint(kind, f"{g1} and {g2}", (g1, g2), {"genre": g1, "genre2": g2}, all_of=frozenset({g1, g2}))
-    if kind == "decade":
+    if kind == "decade" and any(year_of(x) is not None for x in ds.items):
         return _decade(rng.choice([1950, 1960, 1970, 1980, 1990]))
     median = _median_year(ds, shown)
     if kind == "newer" and median is not None and median < 1997:
@@ -372,7 +372,7 @@ def counterfactual(kind: str, ds: Dataset, history: list[int], rng: random.Rando
         return (
             _genre(kind, top[0][0], label=f"anything but {top[0][0]}", none_of=frozenset({top[0][0]})) if top else None
         )
-    if kind == "mood":
+    if kind == "mood" and genres:
         return _mood(rng.choice(list(MOODS)))
     if kind == "like_title":
         refs = [i for i in shown if year_of(ds.items[i]) and ds.items[i].genres]
@@ -394,6 +394,11 @@ def follow_up(kind: str, ds: Dataset, first: int, rng: random.Random) -> Constra
         g = rng.choice(genres)
         return _genre(kind, g, label=f"no more {g}", none_of=frozenset({g}), not_items=no)
     return None
+
+
+def askable(ds: Dataset) -> bool:
+    """Whether any request kind has values on this catalogue: a genre people have words for, or a year."""
+    return any(nameable(it.genres) or year_of(it) is not None for it in ds.items)
 
 
 def nameable(genres) -> list[str]:
@@ -546,6 +551,8 @@ def request_samples(
     """n request samples over training users (held-out users are never asked), targets drawn from
     the newest part of each train sequence."""
     rng = random.Random(seed)
+    if not askable(ds):
+        return []  # the stage reports the task as empty
     pref = Preference.build(ds, scores)
     users = [p for p in range(len(ds.users)) if not is_heldout_user(p)]
     rows: list[dict] = []

@@ -260,3 +260,22 @@ def test_prompts_use_the_configs_noun_and_verb(tmp_path):
     system, user = behaviour_prompt(ds, index, ds.users[0].items[:3])
     assert system["content"] == system_prompt(ds) == SYSTEM.replace("movie", "product")
     assert user["content"].startswith("Bought, oldest first:\n") and user["content"].endswith("the next product.")
+
+
+def test_builders_skip_what_a_shop_catalogue_cannot_ask_instead_of_raising(tmp_path):
+    from collections import Counter
+
+    from sft_data.qa import item_questions, user_questions
+    from sft_data.requests import request_samples
+    from thinkrec.data.synthetic_shop import write_shop
+
+    ds = load_dataset(DataConfig(dataset=str(write_shop(tmp_path, users=200, items=120, seed=1))))
+
+    class Index:  # SIDs are not what these builders test
+        def sid(self, i: int) -> str:
+            return f"<|sid_begin|><s_a_{i}><|sid_end|>"
+
+    # no release years: no decade question, the other item tasks take its turns
+    assert set(Counter(q.task for q in item_questions(ds, Index(), 30, False, 0))) == {"item_title", "item_genre"}
+    assert len(user_questions(ds, Index(), 30, 10, False, 0)) == 30
+    assert request_samples(ds, Index(), 20, 10, 0) == []  # no genre words, no years: no request kind applies
