@@ -21,6 +21,24 @@ from tokenizer_ext.stage import load_index
 SID_SPAN_HINT = ("<|sid_begin|>", "<s_a_")
 
 
+def item_label(it, shown: list[tuple[str, str]]) -> str:
+    """ "Toy Story (1995) [Animation, Children's, Comedy]", "Mug [Kitchen; Acme; $3.5]": the title, its
+    time, then the shown attributes' values (list values joined by commas, units before numbers)."""
+    parts = []
+    for name, unit in shown:
+        value = it.attributes.get(name)
+        if isinstance(value, list | tuple):
+            value = ", ".join(map(str, value))
+        elif isinstance(value, float):
+            value = f"{unit}{value:g}"
+        if value not in (None, ""):
+            parts.append(str(value))
+    if not shown:
+        parts = [", ".join(it.genres)] if it.genres else []
+    year = f" ({it.year})" if it.year else ""
+    return f"{it.title}{year}" + (f" [{'; '.join(parts)}]" if parts else "")
+
+
 @dataclass
 class Catalogue:
     run: RunDir
@@ -44,13 +62,27 @@ class Catalogue:
 
         return AutoTokenizer.from_pretrained(self.model_dir)
 
+    @cached_property
+    def shown_attributes(self) -> list[tuple[str, str]]:
+        """(name, unit) of the attributes an item's label shows, in the data set config's order: all
+        but free text and the time attribute (which follows the title). [] = the primary values."""
+        from thinkrec.data.stage import load_run_schema
+
+        schema = load_run_schema(self.run) or {}
+        attributes = (schema.get("items") or {}).get("attributes") or {}
+        return [(n, a.get("unit", "")) for n, a in attributes.items() if a.get("kind") != "text" and not a.get("time")]
+
     def item_json(self, idx: int) -> dict:
+        """An item as the API returns it: its id, title, every configured attribute, a one-line label
+        in the catalogue's own terms and its SID (year and genres: the time and primary attribute)."""
         it = self.ds.items[idx]
         return {
             "item_id": it.item_id,
             "title": it.title,
             "year": it.year,
             "genres": it.genres,
+            "attributes": it.attributes,
+            "label": item_label(it, self.shown_attributes),
             "sid": self.index.sid(idx),
         }
 

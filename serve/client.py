@@ -75,9 +75,9 @@ def terminal_chat(url: str, user_id: str, k: int = 3, api_key: str | None = None
             messages.pop()
             continue
         if len(messages) == 1:  # the history the answers are judged against
-            recent = [f"{h['title']} ({h['year']}) [{', '.join(h['genres'])}]" for h in out.get("history", [])]
-            print("recently watched: " + "; ".join(recent))
+            verb = out.get("history_verb", "seen")
+            print(f"recently {verb}: " + "; ".join(h["label"] for h in out.get("history", [])))
         print(f"thinkrec> {out['reply']}")
         for it in out["items"]:
-            print(f"   - {it.get('why') or it['title']}")
+            print(f"   - {it.get('why') or it['label']}")
         messages.append({"role": "assistant", "content": out["assistant_message"]})

@@ -248,6 +248,7 @@ async def _chat(request: Request, cat: Catalogue, body: bytes) -> dict:
         "heard": heard.label if heard else None,
         "items": items,
         "history": [cat.item_json(i) for i in history[-cat.history_len :]],
+        "history_verb": cat.ds.verb[0],  # what the user did with them: "watched", "bought"
         "assistant_message": text + " " + " ".join(it["sid"] for it in items),
     }
 
@@ -276,5 +277,6 @@ async def _picture_chat(request: Request, cat: Catalogue, req: ChatRequest) -> d
         "heard": "a picture",
         "items": items,
         "history": [cat.item_json(i) for i in history[-cat.history_len :]],
+        "history_verb": cat.ds.verb[0],  # what the user did with them: "watched", "bought"
         "assistant_message": text + " " + " ".join(it["sid"] for it in items),
     }

@@ -37,3 +37,17 @@ def test_api_key_for_vllm_is_taken_off_the_command_line():
     assert _take_api_key(["--api-key", "K", "--x", "1"]) == ("K", ["--x", "1"])
     assert _take_api_key(["--api-key=K"]) == ("K", [])
     assert _take_api_key(["--x"]) == ("", ["--x"])
+
+
+def test_item_labels_show_the_configured_attributes_in_the_catalogue_terms():
+    from serve.catalogue import item_label
+    from thinkrec.data import Item
+
+    movie = Item(
+        0, "1", "Toy Story", "1995", ["Animation", "Comedy"], {"genres": ["Animation", "Comedy"], "year": 1995.0}
+    )
+    assert item_label(movie, [("genres", "")]) == "Toy Story (1995) [Animation, Comedy]"  # year: the time attribute
+    mug = Item(1, "A1", "Mug", "", ["Kitchen"], {"category": "Kitchen", "brand": "Acme", "price": 3.5, "series": None})
+    shown = [("category", ""), ("brand", ""), ("price", "$"), ("series", "")]
+    assert item_label(mug, shown) == "Mug [Kitchen; Acme; $3.5]"  # an empty value is left out
+    assert item_label(mug, []) == "Mug [Kitchen]" and item_label(Item(2, "x", "X", "", [], {}), []) == "X"
