@@ -28,7 +28,11 @@ from tokenizer_ext.sid import SIDIndex
 
 HOLDOUT_EVERY = 10
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-REASON_ASK = "Think briefly about their tastes first, then recommend the next movie."
+
+
+def reason_ask(ds: Dataset) -> str:
+    return f"Think briefly about their tastes first, then recommend the next {ds.noun[0]}."
+
 
 USER_TASKS = ("user_top_genre", "user_watched", "user_rating")
 ITEM_TASKS = ("item_title", "item_genre", "item_decade")
@@ -94,7 +98,7 @@ def user_question(ds: Dataset, index: SIDIndex, user_pos: int, task: str, histor
         if not n or (rest and rest[0][1] == n) or len(absent) < 3:
             return None
         history = history_lines(ds, index, shown, titled=len(shown))
-        q = f"A user {ds.verb[0]}, oldest first:\n{history}\nWhich genre did they {ds.verb[1]} most?"
+        q = f"A user {ds.verb[0]}, oldest first:\n{history}\nWhich {ds.primary_word} did they {ds.verb[1]} most?"
         return _choice(ds, task, q, top, rng.sample(absent, 3), rng)
     if task == "user_watched":
         watched = set(train)
@@ -107,17 +111,18 @@ def user_question(ds: Dataset, index: SIDIndex, user_pos: int, task: str, histor
         return _choice(ds, task, q, ds.items[rng.choice(shown)].title, wrong, rng)
     if task == "user_rating":
         older = list(range(max(0, len(train) - history_len)))  # rated items not shown in the prompt
-        if not older:
+        if not older or ds.strong_signal is None:
             return None
+        asked, at_least = ds.strong_signal
         pos = rng.choice(older)
         item, rating = train[pos], ds.users[user_pos].ratings[pos]
         history = history_lines(ds, index, shown, titled=3)
         q = (
             f"A user {ds.verb[0]}, oldest first:\n{history}\n"
-            f"They also {ds.verb[0]} {index.sid(item)} {ds.items[item].title}. Did they rate it 4 stars or more?"
+            f"They also {ds.verb[0]} {index.sid(item)} {ds.items[item].title}. Did they {asked}?"
         )
         messages = [{"role": "system", "content": system_prompt(ds)}, {"role": "user", "content": q}]
-        return Question(task, messages, ["Yes", "No"], 0 if rating >= 4 else 1)
+        return Question(task, messages, ["Yes", "No"], 0 if rating >= at_least else 1)
     raise ValueError(f"unknown user-QA task {task!r}")
 
 
@@ -133,7 +138,8 @@ def item_question(ds: Dataset, index: SIDIndex, idx: int, task: str, rng) -> Que
         absent = [g for g in _genres(ds) if g not in it.genres]
         if not it.genres or len(absent) < 3:
             return None
-        return _choice(ds, task, f"Which genre is {sid}?", rng.choice(it.genres), rng.sample(absent, 3), rng)
+        question = f"Which {ds.primary_word} is {sid}?"
+        return _choice(ds, task, question, rng.choice(it.genres), rng.sample(absent, 3), rng)
     if task == "item_decade":
         if not _has_year(it.year):
             return None
@@ -152,18 +158,18 @@ def rationale(ds: Dataset, shown: list[int], target: int | None = None) -> str:
     the genre that leads to it. Every claim is a count or a title from the data."""
     counts = Counter(g for i in shown for g in ds.items[i].genres)
     top = counts.most_common(2)
-    lean = " and ".join(f"{g} ({c} of {len(shown)})" for g, c in top) or "no clear genre"
-    text = f"Recent movies lean to {lean}; the latest was {ds.items[shown[-1]].title}."
+    lean = " and ".join(f"{g} ({c} of {len(shown)})" for g, c in top) or f"no clear {ds.primary_word}"
+    text = f"Recent {ds.noun[1]} lean to {lean}; the latest was {ds.items[shown[-1]].title}."
     if target is not None:
-        genres = ds.items[target].genres or ["any genre"]
+        genres = ds.items[target].genres or [f"any {ds.primary_word}"]
         pick = max(genres, key=lambda g: counts.get(g, 0))
-        text += f" Next, a {pick} movie fits."
+        text += f" Next, a {pick} {ds.noun[0]} fits."
     return text
 
 
 def reasoning_prompt(ds: Dataset, index: SIDIndex, history: list[int], history_len: int) -> list[dict]:
     shown = history[-history_len:]
-    user = f"{ds.verb[0].capitalize()}, oldest first:\n{history_lines(ds, index, shown)}\n{REASON_ASK}"
+    user = f"{ds.verb[0].capitalize()}, oldest first:\n{history_lines(ds, index, shown)}\n{reason_ask(ds)}"
     return [{"role": "system", "content": system_prompt(ds)}, {"role": "user", "content": user}]
 
 
@@ -174,7 +180,7 @@ def top_genres(ds: Dataset, shown: list[int]) -> set[str]:
     return {g for g, c in counts.items() if c == best}
 
 
-LEAN = re.compile(r"lean to ([A-Za-z' -]+?) \(")
+LEAN = re.compile(r"lean to (.+?) \(")
 LATEST = re.compile(r"the latest was (.+?)\.(?: Next|$)")
 
 

@@ -265,7 +265,7 @@ def test_prompts_use_the_configs_noun_and_verb(tmp_path):
 def test_builders_skip_what_a_shop_catalogue_cannot_ask_instead_of_raising(tmp_path):
     from collections import Counter
 
-    from sft_data.qa import item_questions, user_questions
+    from sft_data.qa import item_questions, rationale, user_questions
     from sft_data.requests import request_samples
     from thinkrec.data.synthetic_shop import write_shop
 
@@ -276,6 +276,15 @@ def test_builders_skip_what_a_shop_catalogue_cannot_ask_instead_of_raising(tmp_p
             return f"<|sid_begin|><s_a_{i}><|sid_end|>"
 
     # no release years: no decade question, the other item tasks take its turns
-    assert set(Counter(q.task for q in item_questions(ds, Index(), 30, False, 0))) == {"item_title", "item_genre"}
-    assert len(user_questions(ds, Index(), 30, 10, False, 0)) == 30
+    items = item_questions(ds, Index(), 30, False, 0)
+    assert set(Counter(q.task for q in items)) == {"item_title", "item_genre"}
+    assert any("Which category is" in q.messages[1]["content"] for q in items)  # the config's words
+    users = user_questions(ds, Index(), 30, 10, False, 0)
+    assert Counter(q.task for q in users) == {"user_top_genre": 10, "user_watched": 10, "user_rating": 10}
+    rated = [q for q in users if q.task == "user_rating"]
+    assert all(
+        "bought" in q.messages[1]["content"] and "Did they purchase it?" in q.messages[1]["content"] for q in rated
+    )
+    shown = ds.users[0].train_items()[-10:]
+    assert rationale(ds, shown, shown[-1]).startswith("Recent products lean to ")
     assert request_samples(ds, Index(), 20, 10, 0) == []  # no genre words, no years: no request kind applies

@@ -7,6 +7,7 @@ column; nothing is written here (thinkrec/data/stage.py writes the run's files).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from thinkrec.data.records import Dataset, Item, User
-from thinkrec.data.schema import Attribute, DatasetSchema
+from thinkrec.data.schema import Attribute, DatasetSchema, dataset_words
 from thinkrec.data.tables import LINE, numbers, read_table, require_columns
 from thinkrec.errors import ThinkRecError
 
@@ -100,8 +101,7 @@ def load_from_schema(schema: DatasetSchema, max_users: int = 0) -> tuple[Dataset
         )
     items = _items(schema, meta, sorted(events["item"].unique(), key=natural_key))
     users = _users(schema, events, {it.item_id: it.idx for it in items})
-    words = {"noun": (schema.noun.one, schema.noun.many), "verb": (schema.verb.past, schema.verb.present)}
-    return Dataset(schema.name, items, users, **words), report
+    return Dataset(schema.name, items, users, **dataset_words(dataclasses.asdict(schema))), report
 
 
 def k_core(events: pd.DataFrame, user_min: int, item_min: int) -> pd.DataFrame:

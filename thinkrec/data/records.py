@@ -54,6 +54,10 @@ class Dataset:
     users: list[User]
     noun: tuple[str, str] = ("movie", "movies")  # what an item is called, one and many (the config's noun)
     verb: tuple[str, str] = ("watched", "watch")  # what a user did, past and present (the config's verb)
+    primary_word: str = "genre"  # how questions name the primary attribute (its config's `word`)
+    # a question about a strong signal, and the feedback strength that answers it Yes
+    # (ratings: "rate it 4 stars or more" at the like threshold; events: "purchase it"); None: none
+    strong_signal: tuple[str, float] | None = ("rate it 4 stars or more", 4.0)
 
     def item_by_id(self, item_id: str) -> Item:
         for it in self.items:

@@ -313,3 +313,23 @@ def validate(s: DatasetSchema, path: str) -> None:
             raise ThinkRecError(f"{path}: rules.flagged.attribute {rule.attribute!r} is not in items.attributes")
         if (attr.kind == "numeric") != (rule.above is not None) or (attr.kind != "numeric" and not rule.value):
             raise ThinkRecError(f"{path}: rules.flagged: a numeric attribute takes above:, any other a value:")
+
+
+def dataset_words(schema: dict) -> dict:
+    """The Dataset fields a resolved config (as data/schema.json holds it) gives its prompts: the
+    noun, the verb, the primary attribute's word and the strong-signal question."""
+    attributes = schema["items"].get("attributes") or {}
+    primary = next((name for name, a in attributes.items() if a.get("primary")), "")
+    fb = schema["interactions"].get("feedback") or {}
+    strong = None
+    if fb.get("kind") == "rating" and fb.get("like"):
+        strong = (f"rate it {fb['like']:g} stars or more", float(fb["like"]))
+    elif fb.get("kind") == "events" and len(fb.get("events") or {}) > 1:
+        name, value = max(fb["events"].items(), key=lambda kv: kv[1])
+        strong = (f"{name} it", float(value))
+    return {
+        "noun": (schema["noun"]["one"], schema["noun"]["many"]),
+        "verb": (schema["verb"]["past"], schema["verb"]["present"]),
+        "primary_word": (attributes.get(primary) or {}).get("word") or primary or "category",
+        "strong_signal": strong,
+    }

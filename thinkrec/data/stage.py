@@ -15,7 +15,7 @@ import pandas as pd
 from thinkrec.config import DataConfig
 from thinkrec.data.loader import load_from_schema
 from thinkrec.data.records import Dataset, Item, User
-from thinkrec.data.schema import DatasetSchema, load_schema, validate
+from thinkrec.data.schema import DatasetSchema, dataset_words, load_schema, validate
 from thinkrec.data.tables import write_atomic
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
@@ -87,11 +87,7 @@ def load_prepared(run: RunDir) -> Dataset:
     schema = load_run_schema(run)
     if schema is None:  # digits, and runs prepared before data sets had configs
         return Dataset(entry["config"]["dataset"], items, users)
-    words = {
-        "noun": (schema["noun"]["one"], schema["noun"]["many"]),
-        "verb": (schema["verb"]["past"], schema["verb"]["present"]),
-    }
-    return Dataset(schema["name"], items, users, **words)
+    return Dataset(schema["name"], items, users, **dataset_words(schema))
 
 
 def load_run_schema(run: RunDir) -> dict | None:
