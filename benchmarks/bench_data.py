@@ -18,7 +18,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from eval.bench_catalogue import PeakRSS
+from benchmarks.bench_catalogue import PeakRSS
 from thinkrec.config import DataConfig
 from thinkrec.data.stage import prepare
 from thinkrec.data.synthetic_shop import write_shop

@@ -195,7 +195,7 @@ def build_trainer(
 ) -> tuple[AnswerOnlyTrainer, Speed]:
     """The Trainer of `thinkrec train` for an encoded mixture, set up for the machine it runs on
     (model.fastpath): packed or padded batches, attention implementation, compiled layers, bf16,
-    data-loading workers. eval/bench_train times this same object."""
+    data-loading workers. benchmarks/bench_train times this same object."""
     speed = plan(cfg, model)
     speed.apply(model)
     if speed.batch_tokens:
@@ -243,7 +243,7 @@ def build_trainer(
         # does for model parallelism, and say how to use them all
         print(
             f"{args.n_gpu} GPUs visible to one process: training on one. To use them all: accelerate launch "
-            "--config_file configs/accelerate/ddp.yaml -m thinkrec.cli train ...",
+            "--config_file configs/accelerate/ddp.yaml -m cli train ...",
             flush=True,
         )
         args._n_gpu = 1

@@ -23,7 +23,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log or Path(run_dir) / f"server-{self.port}.log"
-        cmd = [sys.executable, "-m", "thinkrec.cli", "serve", str(run_dir), "--port", str(self.port), *flags]
+        cmd = [sys.executable, "-m", "cli", "serve", str(run_dir), "--port", str(self.port), *flags]
         env = dict(os.environ, VLLM_CACHE_ROOT=str(Path(run_dir) / "vllm-cache"))
         out = self.log.open("w")
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)

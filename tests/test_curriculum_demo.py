@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from cli.main import _plan, main, parser
 from serve.catalogue import Catalogue
-from thinkrec.cli import _plan, main, parser
 from thinkrec.rundir import RunDir
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from thinkrec.cli import main
+from cli.main import main
 from thinkrec.config import DataConfig
 from thinkrec.data import load_prepared, prepare
 from thinkrec.data.schema import load_schema, resolve_root

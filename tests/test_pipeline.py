@@ -14,8 +14,8 @@ import time
 import pytest
 from conftest import TEST_EVAL_USERS
 
+from cli.main import main
 from eval.stage import format_table, run_eval
-from thinkrec.cli import main
 from thinkrec.config import EvalConfig
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,7 @@ def test_training_killed_mid_run_resumes_to_the_same_loss(trained_run, tmp_path)
             (shutil.copytree if (src.path / part).is_dir() else shutil.copy)(src.path / part, dst / part)
         runs[name] = dst
     flags = ["--max-steps", "6", "--save-steps", "3", "--logging-steps", "1", "--batch-size", "2"]
-    cmd = [sys.executable, "-m", "thinkrec.cli", "train", *flags]
+    cmd = [sys.executable, "-m", "cli", "train", *flags]
     subprocess.run([*cmd, "--run-dir", str(runs["straight"])], check=True, capture_output=True)
 
     proc = subprocess.Popen(

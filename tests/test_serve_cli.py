@@ -3,8 +3,8 @@ goes to vLLM, and an API key given to vLLM is kept off its command line."""
 
 from __future__ import annotations
 
+from cli.main import _build, _split_vllm_args, parser
 from serve.launch import _take_api_key
-from thinkrec.cli import _build, _split_vllm_args, parser
 from thinkrec.config import ServeConfig
 
 

@@ -1,4 +1,4 @@
-"""Typed configuration for every stage. Every field becomes a CLI flag (see thinkrec.cli);
+"""Typed configuration for every stage. Every field becomes a CLI flag (see cli/main.py);
 the defaults run the whole pipeline on a 2-core CPU in well under an hour."""
 
 from __future__ import annotations

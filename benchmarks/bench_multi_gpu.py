@@ -2,11 +2,11 @@
 with a timing callback. Rank 0 writes tokens/s after the compile warm-up (all ranks' tokens, from
 the Trainer's count) and the loss curve, so 1-GPU, DDP and FSDP runs compare on the same data.
 
-    python -m eval.bench_multi_gpu RUN_DIR out/gpu1.json --steps 80
+    python -m benchmarks.bench_multi_gpu RUN_DIR out/gpu1.json --steps 80
     accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2 \\
-        -m eval.bench_multi_gpu RUN_DIR out/ddp2.json --steps 80
+        -m benchmarks.bench_multi_gpu RUN_DIR out/ddp2.json --steps 80
     accelerate launch --config_file configs/accelerate/fsdp.yaml --num_processes 2 \\
-        -m eval.bench_multi_gpu RUN_DIR out/fsdp2.json --steps 80
+        -m benchmarks.bench_multi_gpu RUN_DIR out/fsdp2.json --steps 80
 
 RUN_DIR is a run directory through `sft-data` (model_base may hold random weights of the real
 shape: throughput does not depend on weight values). Full fine-tune, the GPU defaults of

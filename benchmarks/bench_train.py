@@ -1,6 +1,6 @@
 """Training throughput of `thinkrec train`'s own step: tokens/s and model FLOPs utilisation (MFU).
 
-    python -m eval.bench_train --data runs/gpu_bench --out eval/results/train_real_h100.json
+    python -m benchmarks.bench_train --data runs/gpu_bench --out eval/results/train_real_h100.json
 
 It times the Trainer that `run_train` builds (model.train.build_trainer: the same encoding of the
 SFT mixture, collator, answer-only loss, optimizer, bf16, packing, compiled layers, loader

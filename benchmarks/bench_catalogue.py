@@ -1,7 +1,7 @@
 """Large-catalogue benchmark: RQ-Kmeans, the SID index and trie, and the constraint's per-step cost
 as the catalogue grows to a million items (synthetic clustered embeddings stand in for content).
 
-    python -m eval.bench_catalogue --sizes 10000,100000,1000000
+    python -m benchmarks.bench_catalogue --sizes 10000,100000,1000000
 
 For each size: time and peak memory to fit the codebooks and give every item a unique code, to
 build the item <-> SID index and the token trie, and the cost of one decoding step of the trie

@@ -3,7 +3,7 @@ the engine-side trie beam search of serve/search.py) against eval's HF trie beam
 same model folder, the same prompts and the same beam width, and what vLLM's own beam search and
 the trie constraint cost on the same engine.
 
-    python -m eval.bench_serve --run-dir runs/demo --concurrency 1,8,32 --requests 32
+    python -m benchmarks.bench_serve --run-dir runs/demo --concurrency 1,8,32 --requests 32
 
 Workloads, each at every concurrency level C (C requests in flight at once, closed loop):
   - thinkrec recommend:  POST /thinkrec/recommend {"user_id", "k", "num_beams": k} over HTTP;
