@@ -9,19 +9,18 @@ Named mixtures follow OneRec-Think's stages (ratios are per behaviour sample):
 - `enhancement` (reasoning enhancement): mostly reasoning traces, the ECPO stage then follows.
 
 `--ratios task=r,...` overrides any of them. Each mixture is saved under sft_data/<name>, so a
-curriculum trains one stage after another (`thinkrec train --mixture ... --init-from ...`).
+curriculum trains one stage after another (`thinkrec train --mixture ... --init-from ...`). The
+tasks are the builders registered in sft_data/tasks.py: a new task is one registered function.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from datasets import Dataset as HFDataset
 from datasets import concatenate_datasets, load_from_disk
 
-from sft_data.builders import alignment_samples, behaviour_samples
-from sft_data.qa import is_heldout_item, item_questions, reasoning_samples, user_questions
-from sft_data.requests import request_samples
+from sft_data.builders import behaviour_samples
+from sft_data.tasks import TASKS, TaskContext, build
 from thinkrec.config import SFTDataConfig
 from thinkrec.data import load_prepared
 from thinkrec.errors import ThinkRecError
@@ -41,7 +40,6 @@ MIXTURES: dict[str, dict[str, float]] = {
     },
     "enhancement": {"behaviour": 0.3, "reasoning": 1.0, "user_qa": 0.2},
 }
-TASKS = ("behaviour", "alignment", "video_qa", "user_qa", "reasoning", "request")
 
 
 def mixture_ratios(cfg: SFTDataConfig) -> dict[str, float]:
@@ -76,21 +74,11 @@ def run_sft_data(cfg: SFTDataConfig, run: RunDir) -> dict:
     if n.get("behaviour"):
         keep = n["behaviour"] >= n_base
         parts.append(behaviour if keep else behaviour.shuffle(seed=cfg.seed).select(range(n["behaviour"])))
-    if n.get("alignment"):
-        # the default mixture aligns every item; QA mixtures keep held-out items out of item training
-        items = None if cfg.mixture == "default" else [i for i in range(len(ds.items)) if not is_heldout_item(i)]
-        parts.append(alignment_samples(ds, index, n["alignment"], cfg.seed, items))
-    if n.get("video_qa"):
-        qs = item_questions(ds, index, n["video_qa"], heldout=False, seed=cfg.seed + 1)
-        parts.append(HFDataset.from_list([q.sample() for q in qs]))
-    if n.get("user_qa"):
-        qs = user_questions(ds, index, n["user_qa"], cfg.history_len, heldout=False, seed=cfg.seed + 2)
-        parts.append(HFDataset.from_list([q.sample() for q in qs]))
-    if n.get("reasoning"):
-        parts.append(HFDataset.from_list(reasoning_samples(ds, index, n["reasoning"], cfg.history_len, cfg.seed + 3)))
-    if n.get("request"):
-        rows = request_samples(ds, index, n["request"], cfg.history_len, cfg.seed + 4, preference_scores(run))
-        parts.append(HFDataset.from_list(rows))
+    ctx = TaskContext(ds, index, cfg, run)
+    for task in TASKS:  # in registration order: a mixture's samples are the same whatever its ratios list first
+        if task != "behaviour" and n.get(task):
+            part = build(task, ctx, n[task])
+            parts += [part] if part is not None else []
     if not parts:
         raise ThinkRecError(f"mixture {cfg.mixture!r} with ratios {ratios} has no samples")
     mixture = concatenate_datasets(parts).shuffle(seed=cfg.seed)
@@ -104,16 +92,6 @@ def run_sft_data(cfg: SFTDataConfig, run: RunDir) -> dict:
         ratios=ratios,
     )
     return counts
-
-
-def preference_scores(run: RunDir):
-    """The P-Score stage's (users, items) scores when the run has them (`thinkrec pscore` before
-    `sft-data`): request samples then answer counterfactual requests with the item the preference
-    model ranks first; without them, with the most popular one."""
-    import numpy as np
-
-    path = run.path / "pscore" / "user_scores.npy"
-    return np.load(path) if path.exists() else None
 
 
 def load_sft_data(run: RunDir, mixture: str = "default"):

@@ -177,3 +177,35 @@ def test_options_scored_together_get_the_log_likelihood_each_gets_alone():
                 logits, target = answer_logits(model, batch)
             alone = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             assert score == pytest.approx(float((alone * (target != IGNORE)).sum()), abs=1e-4)
+
+
+def test_a_registered_task_joins_the_mixture_by_its_ratio(tokenized_run, tmp_path):
+    import shutil
+
+    from sft_data.stage import run_sft_data
+    from sft_data.tasks import TASKS, register_task
+    from thinkrec.rundir import RunDir
+
+    @register_task("item_id")  # a new task: one function
+    def item_ids(ctx, n):
+        return [
+            {"messages": [{"role": "user", "content": f"Id of {ctx.index.sid(i)}?"},
+                          {"role": "assistant", "content": ctx.ds.items[i].item_id}], "task": "item_id"}
+            for i in range(n)
+        ]  # fmt: skip
+
+    src, _ = tokenized_run
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    for part in ("manifest.json", "data", "tokenizer"):
+        (shutil.copytree if (src.path / part).is_dir() else shutil.copy)(src.path / part, run.path / part)
+    (run.path / "model_base").symlink_to(src.path / "model_base")
+    try:
+        counts = run_sft_data(SFTDataConfig(ratios="item_id=0.01,request=0"), run)
+        assert counts["item_id"] == round(0.01 * counts["behaviour"]) and "request" not in counts
+        with pytest.raises(ValueError, match="registered already"):
+            register_task("item_id")(item_ids)
+    finally:
+        del TASKS["item_id"]
+    with pytest.raises(ThinkRecError, match="unknown task"):
+        run_sft_data(SFTDataConfig(ratios="item_id=0.01"), run)
