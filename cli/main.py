@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkrec.config import (
+    AddItemsConfig,
     ChatEvalConfig,
     DataConfig,
     EvalConfig,
@@ -34,6 +35,7 @@ from thinkrec.rundir import RunDir
 STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "data": (DataConfig,),
     "tokenize": (TokenizerConfig, ModelConfig),
+    "add-items": (AddItemsConfig,),  # new items into a tokenized catalogue, nothing retrained
     # the preference model needs only data and item embeddings; sft-data reads its scores
     "pscore": (PScoreConfig,),
     "sft-data": (SFTDataConfig,),
@@ -51,7 +53,11 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
 # QA and reasoning need a model trained on the QA / reasoning mixtures first (see README)
 # (the vision stages need a catalogue with pictures: --dataset digits, README "Images")
 # (a soup needs several trained runs of one tokenizer: README "Best recipe")
-DEMO_STAGES = [s for s in STAGE_CONFIGS if s not in ("soup", "qa-eval", "reasoning-eval", "train-vision", "image-eval")]
+DEMO_STAGES = [
+    s
+    for s in STAGE_CONFIGS
+    if s not in ("add-items", "soup", "qa-eval", "reasoning-eval", "train-vision", "image-eval")
+]
 # The demo's departures from the stage defaults, sized for 2 CPU cores: 250 LoRA steps (300 by
 # default; the curriculum's activation stage adds half as many) with a learning curve on 200 valid
 # users every 125 steps that also picks the best-on-valid checkpoint; SASRec alone as the learned
@@ -91,6 +97,7 @@ DEMO_CURRICULUM: list[tuple[str, dict[str, Any]]] = [
 HELP = {
     "data": "read a data set (a shipped one or a YAML config over your files), k-core filter, leave-last-out split",
     "tokenize": "item embeddings -> RQ-Kmeans SIDs -> SID index, trie, extended LLM",
+    "add-items": "new items join a tokenized catalogue: SIDs from the fixed codebooks, nothing retrained",
     "sft-data": "build a training mixture: behaviour, item alignment, user-QA, video-QA, reasoning",
     "train": "SFT the extended LLM (LoRA or full), with checkpoints and resume",
     "eval": "Recall/NDCG/legality of the LLM against popularity and SASRec",
@@ -201,6 +208,10 @@ def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
                 print(f"wrote {path}")
     elif name == "tokenize":
         print(format_report(run_tokenize(_build(TokenizerConfig, args), _build(ModelConfig, args), run)))
+    elif name == "add-items":
+        from tokenizer_ext.add_items import run_add_items
+
+        print(json.dumps(run_add_items(_build(AddItemsConfig, args), run), indent=2))
     elif name == "sft-data":
         print(run_sft_data(_build(SFTDataConfig, args), run))
     elif name == "train":

@@ -144,12 +144,25 @@ class PScore:
             cfg = PScoreConfig(**json.loads((path / "pscore_config.json").read_text()))
             heads = [Head(**h) for h in json.loads((path / HEADS_FILE).read_text())]
             model = PScoreModel(item_features, heads, cfg.pscore_dim, cfg.pscore_history)
-            model.load_state_dict(torch.load(path / "pscore.pt", weights_only=True))
+            model.load_state_dict(_grown(torch.load(path / "pscore.pt", weights_only=True), model))
         except (OSError, ValueError, TypeError, RuntimeError) as e:
             raise ThinkRecError(
                 f"P-Score model in {path} is missing or corrupt ({e}); re-run `thinkrec pscore`"
             ) from None
         return cls(model, cfg.weights())
+
+
+def _grown(state: dict, model: PScoreModel) -> dict:
+    """A state saved before items joined the catalogue (thinkrec add-items): the new items' id rows
+    start at zero, as training starts every item (their content projection scores them), and the
+    features are the run's current ones."""
+    rows = state["item_id.weight"]
+    n = model.item_id.weight.shape[0]
+    if rows.shape[0] < n:
+        grown = torch.zeros(n, rows.shape[1], dtype=rows.dtype)
+        grown[: rows.shape[0] - 1] = rows[:-1]  # the old padding row (the last) stays zero at the new end
+        state = {**state, "item_id.weight": grown, "features": model.features}
+    return state
 
 
 def user_scores(scorer: PScore, histories: list[list[int]], n_items: int, batch: int = 8192) -> np.ndarray:

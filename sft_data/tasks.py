@@ -87,7 +87,14 @@ def preference_scores(run: RunDir):
     import numpy as np
 
     path = run.path / "pscore" / "user_scores.npy"
-    return np.load(path) if path.exists() else None
+    if not path.exists():
+        return None
+    scores = np.load(path)
+    items = sum(1 for _ in (run.path / "data" / "items.jsonl").open())
+    if scores.shape[1] < items:  # items added since (thinkrec add-items): never the preferred answer
+        low = np.full((scores.shape[0], items - scores.shape[1]), scores.min(), dtype=scores.dtype)
+        scores = np.concatenate([scores, low], axis=1)
+    return scores
 
 
 def build(name: str, ctx: TaskContext, n: int) -> HFDataset | None:

@@ -90,3 +90,53 @@ def test_sid_strings_and_trie():
         index.sid(7)
     with pytest.raises(ThinkRecError, match="duplicate"):
         SIDIndex([(0, 0, 0), (0, 0, 0)], 3, 4)
+
+
+def test_new_items_join_the_catalogue_without_retraining(tokenized_run, tmp_path):
+    import json
+    import shutil
+
+    from thinkrec.config import AddItemsConfig
+    from thinkrec.data import load_prepared
+    from thinkrec.errors import ThinkRecError
+    from thinkrec.rundir import RunDir
+    from tokenizer_ext.add_items import run_add_items
+    from tokenizer_ext.sid import MODEL_SID_FILE
+    from tokenizer_ext.stage import load_index
+
+    src, _ = tokenized_run
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    for part in ("manifest.json", "data", "tokenizer"):
+        (shutil.copytree if (src.path / part).is_dir() else shutil.copy)(src.path / part, run.path / part)
+    (run.path / "model_base").mkdir()  # the model's SID file is what add-items touches there
+    for name in ("config.json", MODEL_SID_FILE):
+        shutil.copy(src.path / "model_base" / name, run.path / "model_base" / name)
+    before = load_prepared(run)
+    star_wars = next(it for it in before.items if it.title == "Star Wars")
+    new = tmp_path / "new.item"  # RecBole's atomic format, as the catalogue's own item file
+    new.write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        "9001\tToy Story 3\t2010\tAnimation Children's Comedy\n"
+        f"9002\t{star_wars.title}\t{star_wars.year}\t{' '.join(star_wars.genres)}\n"
+    )
+    report = run_add_items(AddItemsConfig(items_file=str(new)), run)
+    ds, index = load_prepared(run), load_index(run)
+    assert report["added"] == 2 and len(ds.items) == len(index.codes) == len(before.items) + 2
+    assert [it.item_id for it in ds.items[-2:]] == ["9001", "9002"] and ds.items[-1].genres == star_wars.genres
+    assert len(set(index.codes)) == len(index.codes)  # every SID still names one item
+    assert index.codes[: len(before.items)] == load_index(src).codes  # nothing already there moved
+    # a new item lands in a first-level group of the catalogue items most like it in content
+    x = np.load(run.path / "tokenizer" / "item_embeddings.npy")
+    content = x.shape[1] - run.manifest()["stages"]["tokenize"]["config"]["tokenizer"]["collab_dim"]
+    for new_idx in (len(ds.items) - 2, len(ds.items) - 1):
+        alike = np.argsort(-(x[: len(before.items), :content] @ x[new_idx, :content]))[:10]
+        assert index.codes[new_idx][0] in {index.codes[j][0] for j in alike}
+    assert json.loads((run.path / "model_base" / MODEL_SID_FILE).read_text())["codes"][-1] == list(index.codes[-1])
+    with pytest.raises(ThinkRecError, match="in the catalogue already"):
+        run_add_items(AddItemsConfig(items_file=str(new)), run)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("item_id,title\n9003,Nope\n")
+    with pytest.raises(ThinkRecError, match="no column 'movie_title'"):
+        run_add_items(AddItemsConfig(items_file=str(bad)), run)
+    assert len(load_prepared(run).items) == len(ds.items)  # a refused file changes nothing

@@ -81,6 +81,23 @@ class ModelConfig:
 
 
 @dataclass
+class AddItemsConfig:
+    """`thinkrec add-items`: new items join a tokenized catalogue without retraining anything."""
+
+    items_file: str = field(
+        default="",
+        metadata={
+            "help": "the new items, in the columns of the data set's item table (CSV, TSV, JSONL, Parquet or"
+            " a RecBole .item file)"
+        },
+    )
+    neighbours: int = field(
+        default=10,
+        metadata={"help": "catalogue items nearest in content whose collaborative vectors a new item borrows"},
+    )
+
+
+@dataclass
 class SFTDataConfig:
     history_len: int = field(default=10, metadata={"help": "most recent items shown in a behaviour prompt"})
     windows_per_user: int = field(

@@ -105,6 +105,34 @@ def _balanced_assign(x: np.ndarray, centroids: np.ndarray, candidates: int = 16)
     return out
 
 
+def assign_codes(x: np.ndarray, books: list[np.ndarray], taken: list[tuple[int, ...]]) -> tuple[np.ndarray, int]:
+    """Codes for new vectors under fixed codebooks (a growing catalogue): at each level the centroid
+    nearest the residual; a code already taken (by the catalogue or an earlier new item) is replaced by
+    the nearest free one, as fit_rq_kmeans re-homes its collisions. Returns (codes, how many moved)."""
+    levels, k = len(books), books[0].shape[0]
+    occupancy = _Occupancy(levels, k)
+    for code in taken:
+        occupancy.add(tuple(code))
+    codes, moved = [], 0
+    for v in x.astype(np.float32):
+        residual, code = v.copy(), []
+        for b in books:
+            c = int(((residual - b) ** 2).sum(1).argmin())
+            code.append(c)
+            residual -= b[c]
+        code = tuple(code)
+        if code in occupancy.taken:
+            if len(occupancy.taken) >= k**levels:
+                raise ThinkRecError(
+                    f"all {k}^{levels} semantic IDs are taken: re-run tokenize with a larger --codebook-size"
+                )
+            code = _nearest_free(v, code, books, occupancy)
+            moved += 1
+        occupancy.add(code)
+        codes.append(code)
+    return np.asarray(codes, dtype=np.int64).reshape(-1, levels), moved
+
+
 def reconstruct(codes: np.ndarray, books: list[np.ndarray]) -> np.ndarray:
     return sum(books[level][codes[:, level]] for level in range(len(books)))
 

@@ -145,8 +145,9 @@ def _feedback(df: pd.DataFrame, schema: DatasetSchema, path: Path) -> np.ndarray
     return values.to_numpy(float)
 
 
-def _item_table(schema: DatasetSchema) -> pd.DataFrame:
-    path = schema.path("item")
+def _item_table(schema: DatasetSchema, path: Path | None = None) -> pd.DataFrame:
+    """The item table (the config's files.item, or `path` in the same columns), indexed by item id."""
+    path = path or schema.path("item")
     df = read_table(path, schema.files.sep, schema.files.encoding)
     its = schema.items
     roles = {"items.id": its.id, "items.title": its.title, "items.image": its.image}
@@ -170,6 +171,25 @@ def _item_table(schema: DatasetSchema) -> pd.DataFrame:
                     "not a number"
                 )
     return df.set_index(its.id, drop=False)
+
+
+def new_items(schema: DatasetSchema, path: Path, known_ids: set[str], first_idx: int) -> list[Item]:
+    """The items of a further item file, in the columns of the data set's item table, numbered on
+    from `first_idx` (a growing catalogue: `thinkrec add-items`). An id already known is an error."""
+    df = _item_table(schema, path)
+    ids = df[schema.items.id].tolist()
+    if not ids:
+        raise ThinkRecError(f"{path}: no items")
+    known = [i for i in ids if i in known_ids]
+    if known:
+        line = df.loc[df[schema.items.id] == known[0], LINE].iloc[0]
+        raise ThinkRecError(
+            f"{path} line {line}: item id {known[0]!r} is in the catalogue already ({len(known)} such ids)"
+        )
+    items = _items(schema, df, ids)
+    for k, it in enumerate(items):
+        it.idx = first_idx + k
+    return items
 
 
 def _attribute(a: Attribute, raw: object) -> object:

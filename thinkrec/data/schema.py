@@ -208,6 +208,15 @@ def load_schema(dataset: str) -> DatasetSchema:
     return schema
 
 
+def schema_from_dict(raw: dict) -> DatasetSchema:
+    """The config a run holds (data/schema.json, `DatasetSchema.to_dict`) as the typed schema."""
+    raw = dict(raw)
+    source = raw.pop("source", "")
+    schema = _build(DatasetSchema, raw, source or "data/schema.json", "")
+    schema.source = source
+    return schema
+
+
 def _build(cls: type, raw: Any, path: str, where: str) -> Any:
     """raw YAML -> the dataclass `cls`, naming the key of every unknown, missing or mistyped value."""
     if not isinstance(raw, dict):
