@@ -50,9 +50,9 @@ STAGE_CONFIGS: dict[str, tuple[type, ...]] = {
     "train-vision": (VisionConfig,),
     "image-eval": (VisionConfig,),
 }
-# QA and reasoning need a model trained on the QA / reasoning mixtures first (see README)
-# (the vision stages need a catalogue with pictures: --dataset digits, README "Images")
-# (a soup needs several trained runs of one tokenizer: README "Best recipe")
+# QA and reasoning need a model trained on the QA / reasoning mixtures first (docs/training.md)
+# (the vision stages need a catalogue with pictures: --dataset digits, docs/images.md)
+# (a soup needs several trained runs of one tokenizer: docs/measurements.md "Best recipe")
 DEMO_STAGES = [
     s
     for s in STAGE_CONFIGS
@@ -77,7 +77,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
 # `thinkrec demo`: OneRec-Think's stages, one served model. First alignment on the default mixture
 # (behaviour, item <-> text, requests) for all the demo's steps, then reasoning activation (QA,
 # rationales, requests, behaviour replay) from its model for half as many more, named `sft` so that
-# eval, ECPO, the chat evaluation and `serve` use it. Measured at the demo's size (README): this keeps
+# eval, ECPO, the chat evaluation and `serve` use it. Measured at the demo's size (docs/measurements.md): this keeps
 # the plain Recall@10 above the one-stage model's, where splitting the same steps between the two
 # stages lost 0.02. `--one-stage` runs DEMO_STAGES instead. Overrides here win over the user's flags.
 DEMO_CURRICULUM: list[tuple[str, dict[str, Any]]] = [
