@@ -32,7 +32,8 @@ class OptionRow:
 def option_row(tok, messages: list[dict], options: list[str], image_features=None) -> OptionRow:
     """Every option encoded as the answer of `messages` (model.collate.encode_chat, as training
     does), split where the first option's labels start: that prefix is the same for all options."""
-    encoded = [encode_chat(tok, [*messages, {"role": "assistant", "content": o}], max_length=1024) for o in options]
+    # no length cap: a cap cuts each option's prompt by its own answer's length
+    encoded = [encode_chat(tok, [*messages, {"role": "assistant", "content": o}], max_length=1 << 20) for o in options]
     cut = min(next(i for i, t in enumerate(e["labels"]) if t != IGNORE) for e in encoded)
     prompt = encoded[0]["input_ids"][:cut]
     if any(e["input_ids"][:cut] != prompt for e in encoded):

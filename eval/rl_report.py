@@ -66,7 +66,9 @@ def run_rl_eval(cfg: RLConfig, run: RunDir, k: int = 10, group: int = 8, sample_
     rules, valid = {base: None}, {base: None}
     for name, entry in rl_runs(run).items():
         models[name] = run.path / name / "model"
-        rules[name] = {k2: entry["config"][k2] for k2 in ("flagged", "rule_threshold", "rule_alpha")}
+        config = entry["config"]
+        rules[name] = {"flagged": config.get("flagged", config.get("flagged_genre", ""))}
+        rules[name] |= {k2: config[k2] for k2 in ("rule_threshold", "rule_alpha")}
         valid[name] = entry.get("valid")
     rows = {}
     for name, path in models.items():

@@ -142,7 +142,13 @@ class PScore:
     def load(cls, path: Path, item_features: np.ndarray) -> PScore:
         try:
             cfg = PScoreConfig(**json.loads((path / "pscore_config.json").read_text()))
-            heads = [Head(**h) for h in json.loads((path / HEADS_FILE).read_text())]
+            heads_file = path / HEADS_FILE
+            # a P-Score saved before heads came from the data set's feedback has MovieLens's three
+            heads = (
+                [Head(**h) for h in json.loads(heads_file.read_text())]
+                if heads_file.exists()
+                else feedback_heads({"kind": "rating", "like": 4, "love": 5}, "watch")
+            )
             model = PScoreModel(item_features, heads, cfg.pscore_dim, cfg.pscore_history)
             model.load_state_dict(_grown(torch.load(path / "pscore.pt", weights_only=True), model))
         except (OSError, ValueError, TypeError, RuntimeError) as e:

@@ -95,6 +95,8 @@ def flagged_items(ds: Dataset, spec: str, schema: dict | None) -> set[int]:
 
 
 def _split_rule(spec: str) -> tuple[str, str, str]:
+    if ">=" in spec or "<" in spec:
+        raise ThinkRecError(f"flagged rule {spec!r}: write attribute=value or attribute>number (or none)")
     for op in ("=", ">"):
         if op in spec:
             attribute, _, value = spec.partition(op)

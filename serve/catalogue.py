@@ -30,7 +30,7 @@ def item_label(it, shown: list[tuple[str, str]]) -> str:
         if isinstance(value, list | tuple):
             value = ", ".join(map(str, value))
         elif isinstance(value, float):
-            value = f"{unit}{value:g}"
+            value = f"{unit}{int(value) if value.is_integer() else value}"
         if value not in (None, ""):
             parts.append(str(value))
     if not shown:

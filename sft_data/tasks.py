@@ -90,7 +90,8 @@ def preference_scores(run: RunDir):
     if not path.exists():
         return None
     scores = np.load(path)
-    items = sum(1 for _ in (run.path / "data" / "items.jsonl").open())
+    with (run.path / "data" / "items.jsonl").open() as f:
+        items = sum(1 for _ in f)
     if scores.shape[1] < items:  # items added since (thinkrec add-items): never the preferred answer
         low = np.full((scores.shape[0], items - scores.shape[1]), scores.min(), dtype=scores.dtype)
         scores = np.concatenate([scores, low], axis=1)

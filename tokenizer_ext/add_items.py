@@ -95,9 +95,11 @@ def run_add_items(cfg: AddItemsConfig, run: RunDir) -> dict:
         write(tmp)
         staged.append((tmp, path))
 
-    stage(
-        out / "item_embeddings.npy", lambda p: np.save(open(p, "wb"), np.concatenate([catalogue, x]).astype(np.float32))
-    )  # noqa: SIM115
+    def save_embeddings(path: Path) -> None:
+        with path.open("wb") as f:  # np.save on a path would add ".npy" to the staged name
+            np.save(f, np.concatenate([catalogue, x]).astype(np.float32))
+
+    stage(out / "item_embeddings.npy", save_embeddings)
     stage(out / "sid_index.json", grown.save)
     for model_file in sorted(run.path.glob(f"**/{MODEL_SID_FILE}")):  # every model folder serves on its own
         stage(model_file, grown.save)

@@ -8,6 +8,7 @@ column; nothing is written here (thinkrec/data/stage.py writes the run's files).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,7 +202,8 @@ def _attribute(a: Attribute, raw: object) -> object:
         parts = raw.split() if a.sep.strip() == "" else raw.split(a.sep)
         return [p.strip() for p in parts if p.strip()]
     if a.kind == "numeric":
-        return float(raw) if raw and raw not in a.na else None
+        value = float(raw) if raw and raw not in a.na else None
+        return value if value is not None and math.isfinite(value) else None  # "NaN" / "inf": not known
     return raw
 
 
