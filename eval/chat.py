@@ -28,6 +28,7 @@ from tqdm import tqdm
 from backbone.llm import load_causal_lm
 from ranking.generate import beam_recommend
 from rl.served import served_model_dir
+from serve.understand import RequestReader, disagrees
 from sft_data.prompts import TITLED, chat_messages
 from sft_data.qa import is_heldout_user
 from sft_data.requests import (
@@ -76,6 +77,7 @@ class Asker:
 
     def __init__(self, model, tok, ds: Dataset, index: SIDIndex, history_len: int, cfg: ChatEvalConfig):
         self.model, self.tok, self.ds, self.index, self.cfg = model, tok, ds, index, cfg
+        self.reader = RequestReader(ds)  # the served chat's reading of the user's words (serve/understand.py)
         self.history_len, self.trie = history_len, TokenTrie(index, tok)
 
     def top_k(self, prompts: list[list[dict]], excluded: list[set[int]], prefixes: list[str] | None) -> list[list[int]]:
@@ -116,6 +118,11 @@ class Asker:
         replies = write_replies(self.model, self.tok, prompts, self.cfg.reply_tokens, self.cfg.chat_batch_size)
         previous = previous or [[] for _ in histories]
         heard = [parse_reply(self.ds, r, p) for r, p in zip(replies, previous, strict=True)]
+        # as the server does: the user's words, read by meaning, win where the reply's reading misses them
+        for k, conversation in enumerate(conversations):
+            said = self.reader.read(conversation[-1]["content"]) if conversation[-1]["role"] == "user" else None
+            if said is not None and disagrees(heard[k], said):
+                heard[k] = said.constraint
         excluded = [set(h) | s | unsatisfying(self.ds, c) for h, s, c in zip(histories, shown, heard, strict=True)]
         prefixes = [r + " " if r else "" for r in replies]
         items = self.top_k(prompts, excluded, prefixes)

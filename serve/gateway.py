@@ -20,6 +20,7 @@ The routes call the engine in-process (serve/engine.py), not the server's HTTP A
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from serve.engine import Engine
 from serve.images import ImageError, check_images
 from serve.schemas import MAX_K, ChatRequest, ItemsRequest, RecommendRequest, describe
 from serve.search import TrieSearch
+from serve.understand import RequestReader, disagrees
 from serve.vision import PictureReader, picture_prompt, refuse_client_embeds, server_reader, with_picture_embeds
 from sft_data.requests import parse_reply, unsatisfying, why
 from thinkrec.errors import ThinkRecError
@@ -214,6 +216,16 @@ async def recommend(
     return [{**cat.item_json(h.item), "score": h.score} for h in hits], requests
 
 
+_readers: dict[int, RequestReader] = {}
+
+
+def _reader(cat: Catalogue) -> RequestReader:
+    """One request reader per catalogue (it holds the text encoder and the values' vectors)."""
+    if id(cat) not in _readers:
+        _readers[id(cat)] = RequestReader(cat.ds)
+    return _readers[id(cat)]
+
+
 async def _chat(request: Request, cat: Catalogue, body: bytes) -> dict:
     """One chat turn: the model writes a short reply (SIDs it opens stay in the trie), then the
     items come from the beam search after that reply, so they are real and ranked. What the reply
@@ -237,6 +249,11 @@ async def _chat(request: Request, cat: Catalogue, body: bytes) -> dict:
     shown = {i for a in answers for i in a}
     previous = next((a for a in reversed(answers) if a), [])
     heard = parse_reply(cat.ds, reply, previous)
+    # the user's own words, read by meaning, win where the model's reading is missing or contradicts them
+    last = req.messages[-1]
+    said = await asyncio.to_thread(_reader(cat).read, last.text()) if last.role == "user" else None
+    if said is not None and disagrees(heard, said):
+        heard = said.constraint
     exclude = set(history) | shown | unsatisfying(cat.ds, heard)
     items, _ = await recommend(engine, cat, messages, req.k, req.num_beams, exclude, reply + (" " if reply else ""))
     reasons = why(cat.ds, [cat.ds.item_by_id(it["item_id"]).idx for it in items], heard, history, cat.history_len)

@@ -178,3 +178,40 @@ def test_the_plain_comparison_runs_on_the_chat_users_or_the_first_n_with_a_paire
     assert 0.15 < low < 0.25 < high < 0.35
     low, high = paired_bootstrap_ci(ours, ours, seed=0)  # the same answers: no gap at all
     assert low == high == 0.0
+
+
+def test_requests_are_read_by_meaning_and_a_negation_never_becomes_its_opposite(ml100k, tmp_path):
+    from serve.understand import RequestReader, disagrees
+    from sft_data.requests import parse_label
+    from thinkrec.config import DataConfig
+    from thinkrec.data import load_dataset
+    from thinkrec.data.synthetic_shop import write_shop
+
+    reader = RequestReader(ml100k)
+
+    def read(text: str):
+        heard = reader.read(text)
+        return None if heard is None else heard.constraint
+
+    # negations in words the request templates never use: exclusions, never inclusions
+    for text, genre in (("Spare me the comedies tonight.", "Comedy"), ("I'm sick of romantic films", "Romance"),
+                        ("nothing scary please", "Horror"), ("no war movies", "War")):  # fmt: skip
+        c = read(text)
+        assert c.none_of == {genre} and not c.any_of and not c.all_of, (text, c)
+    # values named by other words: written out, by audience, by a sub-style, by meaning
+    for text, genre in (("a science-fiction film please", "Sci-Fi"), ("something the children can watch", "Children's"),
+                        ("Something with cowboys", "Western"), ("a gangster flick", "Crime")):  # fmt: skip
+        assert read(text).any_of == {genre}, text
+    assert (read("anything from the nineties").year_min, read("anything from the nineties").year_max) == (1990, 1999)
+    assert read("older than 1970 please").year_max == 1969 and read("'80s action").year_min == 1980
+    mixed = read("Not in the mood for drama, maybe an adventure")
+    assert mixed.any_of == {"Adventure"} and mixed.none_of == {"Drama"}
+    assert read("Recommend me something") is None and read("Surprise me!") is None  # nothing to hold to
+    # the model heard the opposite of what was asked: the user's words win
+    said = reader.read("Spare me the comedies tonight.")
+    assert disagrees(parse_label(ml100k, "Comedy"), said) and not disagrees(said.constraint, said)
+    # any catalogue: the shop's categories by meaning
+    shop = load_dataset(DataConfig(dataset=str(write_shop(tmp_path, users=200, items=120, seed=1))))
+    shop_reader = RequestReader(shop)
+    assert shop_reader.read("some headphones or a speaker").constraint.any_of == {"Audio"}
+    assert shop_reader.read("no kitchen stuff, please").constraint.none_of == {"Kitchen"}
