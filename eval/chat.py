@@ -28,7 +28,7 @@ from tqdm import tqdm
 from backbone.llm import load_causal_lm
 from ranking.generate import beam_recommend
 from rl.served import served_model_dir
-from serve.understand import RequestReader, disagrees
+from serve.understand import RequestReader, disagrees, tidy_reply
 from sft_data.prompts import TITLED, chat_messages
 from sft_data.qa import is_heldout_user
 from sft_data.requests import (
@@ -116,6 +116,7 @@ class Asker:
             for h, c in zip(histories, conversations, strict=True)
         ]
         replies = write_replies(self.model, self.tok, prompts, self.cfg.reply_tokens, self.cfg.chat_batch_size)
+        replies = [tidy_reply(r) for r in replies]  # as the server cuts them
         previous = previous or [[] for _ in histories]
         heard = [parse_reply(self.ds, r, p) for r, p in zip(replies, previous, strict=True)]
         # as the server does: the user's words, read by meaning, win where the reply's reading misses them

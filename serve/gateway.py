@@ -39,7 +39,7 @@ from serve.engine import Engine
 from serve.images import ImageError, check_images
 from serve.schemas import MAX_K, ChatRequest, ItemsRequest, RecommendRequest, describe
 from serve.search import TrieSearch
-from serve.understand import RequestReader, disagrees
+from serve.understand import RequestReader, disagrees, tidy_reply
 from serve.vision import PictureReader, picture_prompt, refuse_client_embeds, server_reader, with_picture_embeds
 from sft_data.requests import parse_reply, unsatisfying, why
 from thinkrec.errors import ThinkRecError
@@ -240,7 +240,7 @@ async def _chat(request: Request, cat: Catalogue, body: bytes) -> dict:
     engine = _engine(request)
     prompt = cat.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ids = cat.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    reply = (await engine.reply(ids, req.max_tokens, [SID_BEGIN])).strip()
+    reply = tidy_reply((await engine.reply(ids, req.max_tokens, [SID_BEGIN])).strip())
     # earlier recommendations in this conversation are not repeated; the last answer's items are
     # what a follow-up ("something different") is about
     answers = [

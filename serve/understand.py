@@ -172,3 +172,24 @@ def disagrees(model: Constraint | None, user: Heard) -> bool:
             return True
     named = model.any_of | model.all_of | model.none_of
     return bool(user.values) and not (named & set(user.values))
+
+
+MAX_REPLY_CHARS = 300
+
+
+def tidy_reply(text: str, max_chars: int = MAX_REPLY_CHARS) -> str:
+    """A reply cut where it starts to loop (a word or a phrase of up to 4 words said a third time in a
+    row) and at `max_chars` on a word boundary: a small model can repeat one word to the token limit."""
+    words = text.split()
+    for i in range(len(words)):
+        for n in (1, 2, 3, 4):
+            if i + 3 * n <= len(words) and words[i : i + n] == words[i + n : i + 2 * n] == words[i + 2 * n : i + 3 * n]:
+                words = words[: i + n]
+                break
+        else:
+            continue
+        break
+    out = " ".join(words)
+    if len(out) > max_chars:
+        out = out[:max_chars].rsplit(" ", 1)[0] + " ..."
+    return out

@@ -215,3 +215,14 @@ def test_requests_are_read_by_meaning_and_a_negation_never_becomes_its_opposite(
     shop_reader = RequestReader(shop)
     assert shop_reader.read("some headphones or a speaker").constraint.any_of == {"Audio"}
     assert shop_reader.read("no kitchen stuff, please").constraint.none_of == {"Kitchen"}
+
+
+def test_a_looping_reply_is_cut_where_it_starts_to_repeat():
+    from serve.understand import tidy_reply
+
+    assert tidy_reply("Comedy, as you asked. " + "great " * 60) == "Comedy, as you asked. great"
+    assert tidy_reply("You asked for it; it is it it it it.") == "You asked for it; it is it"
+    assert tidy_reply("a b c a b c a b c a b c") == "a b c"
+    fine = "You asked for the 1990s; you watched Heat, so this fits both:"
+    assert tidy_reply(fine) == fine and len(tidy_reply("word " * 200 + "end")) <= 300
+    assert tidy_reply(" ".join(f"w{i}" for i in range(100))).endswith(" ...")
