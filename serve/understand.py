@@ -29,6 +29,7 @@ import numpy as np
 from sft_data.requests import GENRE_WORDS, Constraint
 from thinkrec.data import Dataset
 
+MAX_WORDS = 40  # words of a clause read for values
 SIMILARITY = 0.62  # cosine above which a span names a value (MiniLM; exact words need none)
 NEGATION = re.compile(
     r"\b(no|not|nothing|none|never|without|except|but|avoid|skip|enough|less|hate|dislike|stop|"
@@ -84,7 +85,8 @@ class RequestReader:
 
     def value_mentions(self, clause: str) -> list[tuple[str, int]]:
         """(value, character offset) of each value the clause names, by its words or by meaning."""
-        tokens = [(m.group(0), m.start()) for m in re.finditer(r"[a-z][a-z'\-]*", clause.lower())]
+        # a request is a sentence or two: the words past MAX_WORDS are not read (and cost nothing)
+        tokens = [(m.group(0), m.start()) for m in re.finditer(r"[a-z][a-z'\-]*", clause.lower())][:MAX_WORDS]
         found: dict[str, int] = {}
         for v, w in self.phrases:  # exact words first
             m = re.search(rf"(?<![a-z]){re.escape(w.lower())}(?:s|es)?(?![a-z])", clause.lower())
@@ -107,9 +109,9 @@ class RequestReader:
 
     def read(self, text: str) -> Heard | None:
         """The constraint the user's words state, or None where they name no value, decade or bound."""
-        low = text.lower()
+        low = text.lower()[:2000]
         wanted: dict[str, bool] = {}
-        for clause in CLAUSE.split(low):
+        for clause in CLAUSE.split(low)[:8]:
             if not clause or not clause.strip():
                 continue
             for value, at in self.value_mentions(clause):
