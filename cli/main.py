@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 import time
@@ -184,6 +185,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# the evaluation stages that print a table and write one report: (module, run, format, config, file)
+REPORTS: dict[str, tuple[str, str, str, type, str]] = {
+    "rl-eval": ("eval.rl_report", "run_rl_eval", "format_rl_table", RLConfig, "rl_report.json"),
+    "reasoning-eval": (
+        "eval.reasoning_report", "run_reasoning_eval", "format_reasoning_table", RLConfig, "reasoning_report.json"
+    ),
+    "chat-eval": ("eval.chat", "run_chat_eval", "format_chat_table", ChatEvalConfig, "chat_eval.json"),
+    "image-eval": ("eval.images", "run_image_eval", "format_image_table", VisionConfig, "image_rec.json"),
+    "qa-eval": ("eval.qa", "run_qa_eval", "format_qa_table", QAEvalConfig, "qa.json"),
+}  # fmt: skip
+
+
 def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
     from eval.stage import format_table, run_eval
     from model.train import run_train
@@ -238,35 +251,15 @@ def _stage(name: str, args: argparse.Namespace, run: RunDir) -> None:
         from rl.stage import run_rl
 
         print(run_rl(_build(RLConfig, args), run))
-    elif name == "rl-eval":
-        from eval.rl_report import format_rl_table, run_rl_eval
-
-        print(format_rl_table(run_rl_eval(_build(RLConfig, args), run)))
-        print(f"written: {run.path / 'eval' / 'rl_report.json'}")
-    elif name == "reasoning-eval":
-        from eval.reasoning_report import format_reasoning_table, run_reasoning_eval
-
-        print(format_reasoning_table(run_reasoning_eval(_build(RLConfig, args), run)))
-        print(f"written: {run.path / 'eval' / 'reasoning_report.json'}")
-    elif name == "chat-eval":
-        from eval.chat import format_chat_table, run_chat_eval
-
-        print(format_chat_table(run_chat_eval(_build(ChatEvalConfig, args), run)))
-        print(f"written: {run.path / 'eval' / 'chat_eval.json'}")
+    elif name in REPORTS:
+        module, run_fn, format_fn, config, written = REPORTS[name]
+        stage = importlib.import_module(module)
+        print(getattr(stage, format_fn)(getattr(stage, run_fn)(_build(config, args), run)))
+        print(f"written: {run.path / 'eval' / written}")
     elif name == "train-vision":
         from model.vision_train import run_train_vision
 
         print(run_train_vision(_build(VisionConfig, args), run))
-    elif name == "image-eval":
-        from eval.images import format_image_table, run_image_eval
-
-        print(format_image_table(run_image_eval(_build(VisionConfig, args), run)))
-        print(f"written: {run.path / 'eval' / 'image_rec.json'}")
-    elif name == "qa-eval":
-        from eval.qa import format_qa_table, run_qa_eval
-
-        print(format_qa_table(run_qa_eval(_build(QAEvalConfig, args), run)))
-        print(f"written: {run.path / 'eval' / 'qa.json'}")
     print(f"== {name} done in {time.time() - t:.0f}s ==", flush=True)
 
 
