@@ -75,6 +75,8 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "qa_questions": 16,
     "qa_rec_users": 16,
 }
+# what `thinkrec demo --help` lists: the demo's own sizes and what a first run changes
+DEMO_SHOWN = {"dataset", "max_users", "base_model", "seed", *DEMO_DEFAULTS}
 # `thinkrec demo`: OneRec-Think's stages, one served model. First alignment on the default mixture
 # (behaviour, item <-> text, requests) for all the demo's steps, then reasoning activation (QA,
 # rationales, requests, behaviour replay) from its model for half as many more, named `sft` so that
@@ -118,8 +120,9 @@ HELP = {
 }
 
 
-def _add_flags(parser: argparse.ArgumentParser, cls: type, taken: set[str]) -> None:
-    """One flag per field; a name shared by several configs (e.g. seed) gets one flag for all."""
+def _add_flags(parser: argparse.ArgumentParser, cls: type, taken: set[str], shown: set[str] | None = None) -> None:
+    """One flag per field; a name shared by several configs (e.g. seed) gets one flag for all.
+    With `shown`, only those fields are listed by --help (the others are accepted all the same)."""
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
         if f.name in taken:
@@ -127,7 +130,10 @@ def _add_flags(parser: argparse.ArgumentParser, cls: type, taken: set[str]) -> N
         taken.add(f.name)
         flag = "--" + f.name.replace("_", "-")
         # the field's help text (config.py) and its default; argparse formats help with %
-        text = f"{f.metadata.get('help', '')} (default: {f.default!r})".strip().replace("%", "%%")
+        default = DEMO_DEFAULTS.get(f.name, f.default) if shown is not None else f.default
+        text = f"{f.metadata.get('help', '')} (default: {default!r})".strip().replace("%", "%%")
+        if shown is not None and f.name not in shown:
+            text = argparse.SUPPRESS
         if f.type in ("bool", bool):
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
@@ -148,9 +154,12 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--run-dir", default="runs/demo", help="run directory (default: runs/demo)")
         classes = STAGE_CONFIGS.get(name) or tuple(c for cs in STAGE_CONFIGS.values() for c in cs)
         taken: set[str] = set()
-        for cls in classes:
-            _add_flags(sp, cls, taken)
+        for cls in classes:  # the demo takes every stage's flags but lists only its own
+            _add_flags(sp, cls, taken, DEMO_SHOWN if name == "demo" else None)
         if name == "demo":
+            sp.epilog = (
+                "every stage's flags are taken too (thinkrec <stage> --help lists them); the demo's own sizes above"
+            )
             sp.add_argument(
                 "--one-stage",
                 action="store_true",
