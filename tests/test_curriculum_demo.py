@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cli.main import _plan, main, parser
+from cli.main import _plan, _progress, main, parser
 from serve.catalogue import Catalogue
 from thinkrec.rundir import RunDir
 
@@ -22,6 +22,9 @@ def test_the_curriculum_adds_half_the_steps_for_activation_and_fixes_each_stage_
     assert [o.get("max_steps") for o in _trains(["demo", "--max-steps", "-1"])] == [None, None]
     assert _trains(["demo", "--one-stage"]) == [{}]  # one stage on the default mixture, flags as given
     assert _plan(parser().parse_args(["eval"])) == [("eval", {})]
+    # the demo's progress line: stage minutes measured on 2 cores, scaled by this machine's pace so far
+    plan = _plan(parser().parse_args(["demo"]))
+    assert _progress(plan, 0, 0.0) == "" and _progress(plan, 1, 60.0).startswith(", 1 min in, about ")
 
 
 @pytest.mark.slow
