@@ -77,10 +77,12 @@ def _reasoning(ctx: TaskContext, n: int):
 
 @register_task("request")
 def _request(ctx: TaskContext, n: int):
-    return request_samples(ctx.ds, ctx.index, n, ctx.cfg.history_len, ctx.cfg.seed + 4, preference_scores(ctx.run))
+    return request_samples(
+        ctx.ds, ctx.index, n, ctx.cfg.history_len, ctx.cfg.seed + 4, preference_scores(ctx.run, len(ctx.ds.items))
+    )
 
 
-def preference_scores(run: RunDir):
+def preference_scores(run: RunDir, n_items: int):
     """The P-Score stage's (users, items) scores when the run has them (`thinkrec pscore` before
     `sft-data`): request samples then answer counterfactual requests with the item the preference
     model ranks first; without them, with the most popular one."""
@@ -90,10 +92,8 @@ def preference_scores(run: RunDir):
     if not path.exists():
         return None
     scores = np.load(path)
-    with (run.path / "data" / "items.jsonl").open() as f:
-        items = sum(1 for _ in f)
-    if scores.shape[1] < items:  # items added since (thinkrec add-items): never the preferred answer
-        low = np.full((scores.shape[0], items - scores.shape[1]), scores.min(), dtype=scores.dtype)
+    if scores.shape[1] < n_items:  # items added since (thinkrec add-items): never the preferred answer
+        low = np.full((scores.shape[0], n_items - scores.shape[1]), scores.min(), dtype=scores.dtype)
         scores = np.concatenate([scores, low], axis=1)
     return scores
 

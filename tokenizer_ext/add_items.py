@@ -29,15 +29,11 @@ from thinkrec.data.schema import schema_from_dict
 from thinkrec.data.stage import load_run_schema
 from thinkrec.errors import ThinkRecError
 from thinkrec.rundir import RunDir
+from tokenizer_ext.align import normalise_rows
 from tokenizer_ext.embed import embed_images, embed_texts, with_images
 from tokenizer_ext.rq_kmeans import assign_codes
 from tokenizer_ext.sid import MODEL_SID_FILE, SIDIndex
 from tokenizer_ext.stage import load_index
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
 
 SHARPNESS = 0.05  # softmax temperature over the neighbours' cosines: the nearest count most
 
@@ -46,7 +42,7 @@ def borrowed_collaborative(content_new: np.ndarray, catalogue: np.ndarray, dim: 
     """The collaborative half for items without interactions: a softmax-weighted mean (by content
     cosine) of the k nearest catalogue items' halves, brought back to their usual length (a mean of
     unlike directions is short, and a short half would leave the content alone to pick the code)."""
-    sims = _normalise(content_new) @ catalogue[:, :dim].T  # the catalogue's content half is unit length
+    sims = normalise_rows(content_new) @ catalogue[:, :dim].T  # the catalogue's content half is unit length
     k = min(k, len(catalogue))
     near = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     near_sims = np.take_along_axis(sims, near, 1)
@@ -77,7 +73,9 @@ def run_add_items(cfg: AddItemsConfig, run: RunDir) -> dict:
     catalogue = np.load(out / "item_embeddings.npy")
     if tok_cfg.get("collab_align"):
         dim = content.shape[1]
-        x = np.concatenate([_normalise(content), borrowed_collaborative(content, catalogue, dim, cfg.neighbours)], 1)
+        x = np.concatenate(
+            [normalise_rows(content), borrowed_collaborative(content, catalogue, dim, cfg.neighbours)], 1
+        )
     else:
         x = content
     if x.shape[1] != catalogue.shape[1]:

@@ -48,7 +48,7 @@ def collaborative_embeddings(n_items: int, sequences: list[list[int]], dim: int 
     u, s, _ = np.linalg.svd(ppmi, hermitian=True)
     dim = min(dim, n_items)
     vec = u[:, :dim] * np.sqrt(s[:dim])
-    return _normalise(vec).astype(np.float32)
+    return normalise_rows(vec).astype(np.float32)
 
 
 def sequential_embeddings(
@@ -65,7 +65,7 @@ def sequential_embeddings(
     torch.manual_seed(0)  # the initial table, so the codes are reproducible
     model = SASRec(n_items, dim=dim).to(device)
     train_sequential(model, n_items, sequences, valid=None, max_epochs=epochs, desc="SASRec item embeddings")
-    table = _normalise(model.item.weight[1:].detach().float().cpu().numpy()).astype(np.float32)
+    table = normalise_rows(model.item.weight[1:].detach().float().cpu().numpy()).astype(np.float32)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         np.save(cached, table)
@@ -90,8 +90,9 @@ def align_embeddings(
         collab = sequential_embeddings(len(content), sequences, dim, epochs, cache_dir)
     else:
         collab = collaborative_embeddings(len(content), sequences, dim)
-    return np.concatenate([_normalise(content), weight * collab], axis=1).astype(np.float32)
+    return np.concatenate([normalise_rows(content), weight * collab], axis=1).astype(np.float32)
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
+def normalise_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (an all-zero row stays zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
