@@ -20,7 +20,6 @@ it (an exclusion read as an inclusion, another value): the user's words win over
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -67,12 +66,9 @@ class RequestReader:
 
     def encoder(self):
         if self._encoder is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            from sentence_transformers import SentenceTransformer
+            from tokenizer_ext.embed import default_embed_model, text_encoder
 
-            from tokenizer_ext.embed import default_embed_model
-
-            self._encoder = SentenceTransformer(str(default_embed_model()), device="cpu")
+            self._encoder = text_encoder(str(default_embed_model()))  # the one tokenize's embed_texts uses
         return self._encoder
 
     def _embed(self, texts: list[str]) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -30,16 +31,23 @@ def embed_texts(texts: list[str], model_dir: str, cache_dir: Path, batch_size: i
     cached = cache_dir / f"item_text_emb_{key}.npy"
     if cached.exists():
         return np.load(cached)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(path), device="cpu")
-    emb = model.encode(
-        texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=True, convert_to_numpy=True
-    ).astype(np.float32)
+    emb = (
+        text_encoder(str(path))
+        .encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=True, convert_to_numpy=True)
+        .astype(np.float32)
+    )
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(cached, emb)
     return emb
+
+
+@functools.lru_cache(maxsize=2)
+def text_encoder(model_dir: str = ""):
+    """The sentence-transformers text encoder (the default one when `model_dir` is empty), loaded once."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(Path(model_dir) if model_dir else default_embed_model()), device="cpu")
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
