@@ -35,6 +35,22 @@ def test_balanced_levels_use_codes_evenly():
     assert rep["collisions_resolved"] <= plain["collisions_resolved"]
 
 
+def test_a_large_catalogue_is_fitted_on_a_sample_and_keeps_unique_codes_of_the_same_quality():
+    x = _clustered(n=3000)
+    full = fit_rq_kmeans(x, 3, 16, iters=20, seed=2)
+    sampled = fit_rq_kmeans(x, 3, 16, iters=20, seed=2, fit_sample=1000)  # codebooks from a third of the items
+    assert np.array_equal(sampled.codes, fit_rq_kmeans(x, 3, 16, iters=20, seed=2, fit_sample=1000).codes)
+    assert len({tuple(c) for c in sampled.codes}) == len(x) and sampled.codes.max() < 16
+    a, b = codebook_report(x, full), codebook_report(x, sampled)
+    assert b["relative_reconstruction_loss"] < 1.1 * a["relative_reconstruction_loss"]
+    for exact, sampled_level in zip(a["per_level"], b["per_level"], strict=True):
+        assert sampled_level["utilisation"] == 1.0 and sampled_level["entropy"] > exact["entropy"] - 0.1
+    # a prefix that fills up sends its extra items one level wider, still to unique codes
+    crowded = np.repeat(_clustered(n=40), 30, axis=0) + 1e-4 * np.random.default_rng(0).normal(size=(1200, 32))
+    packed = fit_rq_kmeans(crowded.astype(np.float32), 3, 16, iters=10, fit_sample=640)
+    assert len({tuple(c) for c in packed.codes}) == 1200
+
+
 def test_codebook_too_small_is_refused():
     with pytest.raises(ThinkRecError, match="gives 8 codes"):
         fit_rq_kmeans(_clustered(n=100), levels=3, k=2)

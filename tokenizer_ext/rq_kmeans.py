@@ -11,6 +11,12 @@ nearest to the shared code keeps it, and each other item moves to the free last-
 smallest reconstruction error under the same prefix; if that prefix is full, to the best free
 (level-2, level-3) pair under the same first code, and so on up the levels. Every item ends with a
 unique code of exactly `levels` tokens, as long as codebook_size ** levels >= items.
+
+Large catalogues (more than `fit_sample` items) take a faster path with the same ideas: the codebooks
+are fitted on a seeded sample, every item is then encoded level by level with the same capped
+assignment, and collisions are resolved in bulk: each full code's nearest item keeps it, and the
+others under a prefix take that prefix's free last-level codes in order of their error (vectorised
+per prefix); only the items a prefix cannot hold go through the one-by-one search above.
 """
 
 from __future__ import annotations
@@ -38,13 +44,24 @@ class RQResult:
 
 
 def fit_rq_kmeans(
-    x: np.ndarray, levels: int, k: int, iters: int = 50, seed: int = 0, balanced: bool = True
+    x: np.ndarray,
+    levels: int,
+    k: int,
+    iters: int = 50,
+    seed: int = 0,
+    balanced: bool = True,
+    fit_sample: int = 0,
 ) -> RQResult:
+    """Codebooks and unique codes for `x`. With `fit_sample` > 0 and a larger catalogue, the
+    codebooks are fitted on that many items drawn at random and the rest are encoded with them."""
     n, d = x.shape
     if k**levels < n:
         raise ThinkRecError(f"codebook_size {k} with {levels} levels gives {k**levels} codes for {n} items")
     if n < k:
         raise ThinkRecError(f"codebook_size {k} is larger than the catalogue ({n} items)")
+    if fit_sample and n > max(fit_sample, 40 * k):
+        # k-means wants ~40 points a centroid (faiss warns below 39): a smaller sample is raised to that
+        return _fit_large(x, levels, k, iters, seed, balanced, max(fit_sample, 40 * k))
     residual = x.astype(np.float32).copy()
     codes = np.zeros((n, levels), dtype=np.int64)
     books = []
@@ -69,6 +86,87 @@ def fit_rq_kmeans(
         residual = residual - centroids[assign]
     codes, moved = _resolve_collisions(x, codes, books)
     return RQResult(codes, books, moved)
+
+
+def _fit_large(x: np.ndarray, levels: int, k: int, iters: int, seed: int, balanced: bool, sample: int) -> RQResult:
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), sample, replace=False))
+    books = fit_rq_kmeans(x[rows], levels, k, iters, seed, balanced).codebooks
+    residual = x.astype(np.float32).copy()
+    codes = np.zeros((len(x), levels), dtype=np.int64)
+    for level, centroids in enumerate(books):
+        codes[:, level] = _balanced_assign(residual, centroids) if balanced else _nearest(residual, centroids)
+        residual -= centroids[codes[:, level]]
+    codes, moved = _resolve_collisions_bulk(x, codes, books)
+    return RQResult(codes, books, moved)
+
+
+def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    import faiss
+
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(centroids)
+    return index.search(x, 1)[1][:, 0].astype(np.int64)
+
+
+def raw_collisions(codes: np.ndarray) -> int:
+    """Items whose code another item already has (before any re-homing)."""
+    return int(len(codes) - len(np.unique(codes, axis=0)))
+
+
+def _resolve_collisions_bulk(x: np.ndarray, codes: np.ndarray, books: list[np.ndarray]) -> tuple[np.ndarray, int]:
+    """_resolve_collisions for large catalogues: the nearest item of each full code keeps it; the
+    others take free last-level codes under their own prefix (best error first, one prefix at a time,
+    vectorised over the prefix's free codes); the few a prefix cannot hold search wider one by one."""
+    levels, k = len(books), books[0].shape[0]
+    order = np.argsort(((x - reconstruct(codes, books)) ** 2).sum(1), kind="stable")
+    _, first = np.unique(codes[order], axis=0, return_index=True)
+    keeps = np.zeros(len(x), dtype=bool)
+    keeps[order[first]] = True
+    out = codes.copy()
+    losers = order[~keeps[order]]  # in order of error, as the one-by-one path takes them
+    if not len(losers):
+        return out, 0
+    # prefixes as one integer each; the codes held under a prefix are its winners' last codes
+    weights = k ** np.arange(levels - 2, -1, -1, dtype=np.int64)
+    prefix_of = codes[:, :-1] @ weights
+    held: dict[int, set[int]] = {}
+    for p, last in zip(prefix_of[keeps].tolist(), codes[keeps, -1].tolist(), strict=True):
+        held.setdefault(p, set()).add(last)
+    last_book, overflow = books[-1], []
+    by_prefix: dict[int, list[int]] = {}
+    for i in losers.tolist():
+        by_prefix.setdefault(int(prefix_of[i]), []).append(i)
+    for p, items in by_prefix.items():
+        taken = held.setdefault(p, set())
+        open_ = np.ones(k, dtype=bool)
+        open_[list(taken)] = False
+        free = np.flatnonzero(open_)
+        if not len(free):
+            overflow.extend(items)
+            continue
+        base = reconstruct(codes[items[:1], :-1], books[:-1])[0] if levels > 1 else 0.0
+        # (items x free codes) squared errors |r - b|^2 = |r|^2 - 2 r.b + |b|^2, r = x - base
+        r, b = x[items] - base, last_book[free]
+        err = (r**2).sum(1)[:, None] - 2 * (r @ b.T) + (b**2).sum(1)[None]
+        for row, i in enumerate(items):
+            if np.isinf(err[row]).all():
+                overflow.append(i)
+                continue
+            j = int(err[row].argmin())
+            out[i, -1] = free[j]
+            taken.add(int(free[j]))
+            err[:, j] = np.inf
+    if overflow:  # prefixes that filled up: the general search over wider suffixes
+        occupancy = _Occupancy(levels, k)
+        placed = np.ones(len(x), dtype=bool)
+        placed[overflow] = False
+        for code in map(tuple, out[placed].tolist()):
+            occupancy.add(code)
+        for i in overflow:
+            code = _nearest_free(x[i], tuple(codes[i].tolist()), books, occupancy)
+            out[i] = code
+            occupancy.add(code)
+    return out, len(losers)
 
 
 def _balanced_assign(x: np.ndarray, centroids: np.ndarray, candidates: int = 16) -> np.ndarray:

@@ -43,7 +43,7 @@ def run_tokenize(cfg: TokenizerConfig, model_cfg: ModelConfig, run: RunDir) -> d
     np.save(out / "item_embeddings.npy", x)
 
     k = cfg.codebook_size or auto_codebook_size(len(ds.items), cfg.levels)
-    rq = fit_rq_kmeans(x, cfg.levels, k, cfg.kmeans_iters, cfg.seed, cfg.balanced)
+    rq = fit_rq_kmeans(x, cfg.levels, k, cfg.kmeans_iters, cfg.seed, cfg.balanced, cfg.fit_sample)
     report.update(codebook_report(x, rq))
     index = SIDIndex([tuple(int(c) for c in row) for row in rq.codes], cfg.levels, k)
     index.save(out / "sid_index.json")
