@@ -62,12 +62,23 @@ def fit_rq_kmeans(
     if fit_sample and n > max(fit_sample, 40 * k):
         # k-means wants ~40 points a centroid (faiss warns below 39): a smaller sample is raised to that
         return _fit_large(x, levels, k, iters, seed, balanced, max(fit_sample, 40 * k))
+    codes, books = _fit_levels(x, levels, k, iters, seed, balanced)
+    codes, moved = _resolve_collisions(x, codes, books)
+    return RQResult(codes, books, moved)
+
+
+def _fit_levels(
+    x: np.ndarray, levels: int, k: int, iters: int, seed: int, balanced: bool
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per level: k-means on the residuals (refined by capped assignment when balanced); the raw
+    codes, collisions not yet resolved, and the codebooks."""
+    import faiss  # here, not at import: stages that only read SIDs need no faiss
+
+    n, d = x.shape
     residual = x.astype(np.float32).copy()
     codes = np.zeros((n, levels), dtype=np.int64)
     books = []
     for level in range(levels):
-        import faiss  # here, not at import: stages that only read SIDs need no faiss
-
         km = faiss.Kmeans(d, k, niter=iters, seed=seed + level, verbose=False, spherical=False)
         km.train(residual)
         centroids = km.centroids.copy()
@@ -84,13 +95,12 @@ def fit_rq_kmeans(
         codes[:, level] = assign
         books.append(centroids)
         residual = residual - centroids[assign]
-    codes, moved = _resolve_collisions(x, codes, books)
-    return RQResult(codes, books, moved)
+    return codes, books
 
 
 def _fit_large(x: np.ndarray, levels: int, k: int, iters: int, seed: int, balanced: bool, sample: int) -> RQResult:
     rows = np.sort(np.random.default_rng(seed).choice(len(x), sample, replace=False))
-    books = fit_rq_kmeans(x[rows], levels, k, iters, seed, balanced).codebooks
+    _, books = _fit_levels(x[rows], levels, k, iters, seed, balanced)  # the sample's codes are not kept
     residual = x.astype(np.float32).copy()
     codes = np.zeros((len(x), levels), dtype=np.int64)
     for level, centroids in enumerate(books):
