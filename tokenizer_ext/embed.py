@@ -42,12 +42,12 @@ def embed_texts(texts: list[str], model_dir: str, cache_dir: Path, batch_size: i
 
 
 @functools.lru_cache(maxsize=2)
-def text_encoder(model_dir: str = ""):
-    """The sentence-transformers text encoder (the default one when `model_dir` is empty), loaded once."""
+def text_encoder(model_dir: str):
+    """The sentence-transformers text encoder in `model_dir`, loaded once per process."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(Path(model_dir) if model_dir else default_embed_model()), device="cpu")
+    return SentenceTransformer(model_dir, device="cpu")
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

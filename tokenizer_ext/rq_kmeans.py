@@ -54,7 +54,7 @@ def fit_rq_kmeans(
 ) -> RQResult:
     """Codebooks and unique codes for `x`. With `fit_sample` > 0 and a larger catalogue, the
     codebooks are fitted on that many items drawn at random and the rest are encoded with them."""
-    n, d = x.shape
+    n = len(x)
     if k**levels < n:
         raise ThinkRecError(f"codebook_size {k} with {levels} levels gives {k**levels} codes for {n} items")
     if n < k:
@@ -110,17 +110,17 @@ def _fit_large(x: np.ndarray, levels: int, k: int, iters: int, seed: int, balanc
     return RQResult(codes, books, moved)
 
 
-def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+def _search(x: np.ndarray, centroids: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's m nearest centroids (exact L2): (squared distances, centroid ids), nearest first."""
     import faiss
 
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(centroids)
-    return index.search(x, 1)[1][:, 0].astype(np.int64)
+    return index.search(x, m)
 
 
-def raw_collisions(codes: np.ndarray) -> int:
-    """Items whose code another item already has (before any re-homing)."""
-    return int(len(codes) - len(np.unique(codes, axis=0)))
+def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    return _search(x, centroids, 1)[1][:, 0].astype(np.int64)
 
 
 def _resolve_collisions_bulk(x: np.ndarray, codes: np.ndarray, books: list[np.ndarray]) -> tuple[np.ndarray, int]:
@@ -186,11 +186,7 @@ def _balanced_assign(x: np.ndarray, centroids: np.ndarray, candidates: int = 16)
     items whose candidates all fill up go to the nearest cluster with room left."""
     n, k = len(x), len(centroids)
     cap = math.ceil(n / k)
-    import faiss
-
-    index = faiss.IndexFlatL2(x.shape[1])
-    index.add(centroids)
-    dist, nearest = index.search(x, min(k, candidates))
+    dist, nearest = _search(x, centroids, min(k, candidates))
     order = np.argsort(dist, axis=None, kind="stable")
     # plain Python lists in the loop: numpy scalar indexing would cost several times more per pair
     assign, load, flat_nearest = [-1] * n, [0] * k, nearest.ravel().tolist()
