@@ -28,7 +28,7 @@ from tqdm import tqdm
 from backbone.llm import load_causal_lm
 from ranking.generate import beam_recommend
 from rl.served import served_model_dir
-from serve.understand import RequestReader, disagrees, tidy_reply
+from serve.understand import RequestReader, settle, tidy_reply
 from sft_data.prompts import TITLED, chat_messages
 from sft_data.qa import is_heldout_user
 from sft_data.requests import (
@@ -122,8 +122,7 @@ class Asker:
         # as the server does: the user's words, read by meaning, win where the reply's reading misses them
         for k, conversation in enumerate(conversations):
             said = self.reader.read(conversation[-1]["content"]) if conversation[-1]["role"] == "user" else None
-            if said is not None and disagrees(heard[k], said):
-                heard[k] = said.constraint
+            heard[k] = settle(heard[k], said)
         excluded = [set(h) | s | unsatisfying(self.ds, c) for h, s, c in zip(histories, shown, heard, strict=True)]
         prefixes = [r + " " if r else "" for r in replies]
         items = self.top_k(prompts, excluded, prefixes)

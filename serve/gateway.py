@@ -39,7 +39,7 @@ from serve.engine import Engine
 from serve.images import ImageError, check_images
 from serve.schemas import MAX_K, ChatRequest, ItemsRequest, RecommendRequest, describe
 from serve.search import TrieSearch
-from serve.understand import RequestReader, disagrees, tidy_reply
+from serve.understand import RequestReader, settle, tidy_reply
 from serve.vision import PictureReader, picture_prompt, refuse_client_embeds, server_reader, with_picture_embeds
 from sft_data.requests import parse_reply, unsatisfying, why
 from thinkrec.errors import ThinkRecError
@@ -86,6 +86,12 @@ def _strings(value) -> list[str]:
 def _search() -> TrieSearch:
     cat = server_catalogue()
     return TrieSearch(cat.index, TokenTrie(cat.index, cat.tokenizer))
+
+
+@lru_cache(maxsize=1)
+def _request_reader() -> RequestReader:
+    """The chat's reader of the user's words (it holds the text encoder and the values' vectors)."""
+    return RequestReader(server_catalogue().ds)
 
 
 def _engine(request: Request) -> Engine:
@@ -216,16 +222,6 @@ async def recommend(
     return [{**cat.item_json(h.item), "score": h.score} for h in hits], requests
 
 
-_readers: dict[int, RequestReader] = {}
-
-
-def _reader(cat: Catalogue) -> RequestReader:
-    """One request reader per catalogue (it holds the text encoder and the values' vectors)."""
-    if id(cat) not in _readers:
-        _readers[id(cat)] = RequestReader(cat.ds)
-    return _readers[id(cat)]
-
-
 async def _chat(request: Request, cat: Catalogue, body: bytes) -> dict:
     """One chat turn: the model writes a short reply (SIDs it opens stay in the trie), then the
     items come from the beam search after that reply, so they are real and ranked. What the reply
@@ -251,9 +247,8 @@ async def _chat(request: Request, cat: Catalogue, body: bytes) -> dict:
     heard = parse_reply(cat.ds, reply, previous)
     # the user's own words, read by meaning, win where the model's reading is missing or contradicts them
     last = req.messages[-1]
-    said = await asyncio.to_thread(_reader(cat).read, last.text()) if last.role == "user" else None
-    if said is not None and disagrees(heard, said):
-        heard = said.constraint
+    said = await asyncio.to_thread(_request_reader().read, last.text()) if last.role == "user" else None
+    heard = settle(heard, said)
     exclude = set(history) | shown | unsatisfying(cat.ds, heard)
     items, _ = await recommend(engine, cat, messages, req.k, req.num_beams, exclude, reply + (" " if reply else ""))
     reasons = why(cat.ds, [cat.ds.item_by_id(it["item_id"]).idx for it in items], heard, history, cat.history_len)

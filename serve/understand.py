@@ -172,6 +172,12 @@ def disagrees(model: Constraint | None, user: Heard) -> bool:
     return bool(user.values) and not (named & set(user.values))
 
 
+def settle(model: Constraint | None, user: Heard | None) -> Constraint | None:
+    """The constraint a chat turn is held to: the user's words, read by meaning, where the model's
+    reading misses or contradicts them; else the model's own."""
+    return user.constraint if user is not None and disagrees(model, user) else model
+
+
 MAX_REPLY_CHARS = 300
 
 
